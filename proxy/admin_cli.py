@@ -1,0 +1,238 @@
+"""Admin CLI subcommands: workspace, key, byok and usage, each an `async cmd(args, config) -> int`.
+
+Builds argparse parsers and prints results; the store and admin_ops do the work. Keys are
+printed once at creation and never read back; BYOK keys are read from stdin, never echoed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import getpass
+import os
+import sys
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
+
+import orjson
+
+from proxy import admin_ops
+from proxy.config import Config
+from proxy.crypto import MasterKey, MasterKeyError
+from proxy.store import Store
+from proxy.store_types import KEEP, StoreError, Workspace
+
+NEW_MASTER_KEY_ENV = "OKM_NEW_MASTER_KEY"
+Command = Callable[[argparse.Namespace, Config], Awaitable[int]]
+
+
+@asynccontextmanager
+async def _store(config: Config) -> AsyncIterator[Store]:
+    store = await Store.open(config.store_path)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def _handled(command: Command) -> Command:
+    """Store and master-key errors become one `error:` line on stderr and exit status 1."""
+
+    async def run(args: argparse.Namespace, config: Config) -> int:
+        try:
+            return await command(args, config)
+        except (StoreError, MasterKeyError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def _when(ts: float | None, empty: str = "-") -> str:
+    return empty if ts is None else dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(c) for c in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def _workspace_line(ws: Workspace) -> str:
+    return (
+        f"workspace {ws.name}: {'disabled' if ws.disabled else 'enabled'}, BYOK {'on' if ws.byok_enabled else 'off'}, "
+        f"rpm limit {ws.rpm_limit or 'default'}, stream limit {ws.stream_limit or 'default'}"
+    )
+
+
+@_handled
+async def workspace_create(args: argparse.Namespace, config: Config) -> int:
+    async with _store(config) as store:
+        print(f"created {_workspace_line(await store.create_workspace(args.name))}")
+    return 0
+
+
+@_handled
+async def workspace_list(args: argparse.Namespace, config: Config) -> int:
+    async with _store(config) as store:
+        workspaces = await store.list_workspaces()
+    rows = [
+        (w.name, "disabled" if w.disabled else "enabled", "on" if w.byok_enabled else "off",
+         w.rpm_limit or "default", w.stream_limit or "default", _when(w.created_at))
+        for w in workspaces
+    ]
+    print(_table(("NAME", "STATUS", "BYOK", "RPM", "STREAMS", "CREATED"), rows) if rows else "no workspaces")
+    return 0
+
+
+def _workspace_setter(method: str, *extra: Any) -> Command:
+    @_handled
+    async def run(args: argparse.Namespace, config: Config) -> int:
+        async with _store(config) as store:
+            print(_workspace_line(await getattr(store, method)(args.name, *extra)))
+        return 0
+
+    return run
+
+
+def _limit(text: str) -> int | None:
+    if text.lower() in ("default", "none"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1 or 'default', got '{text}'")
+    return value
+
+
+@_handled
+async def workspace_limits(args: argparse.Namespace, config: Config) -> int:
+    rpm = KEEP if args.rpm is KEEP else args.rpm
+    streams = KEEP if args.streams is KEEP else args.streams
+    async with _store(config) as store:
+        print(_workspace_line(await store.set_workspace_limits(args.name, rpm_limit=rpm, stream_limit=streams)))
+    return 0
+
+
+@_handled
+async def key_create(args: argparse.Namespace, config: Config) -> int:
+    async with _store(config) as store:
+        api_key, key = await store.create_api_key(args.workspace, config.key_pepper, args.name or "")
+    print(f"key id: {api_key.id}")
+    print(f"key:    {key.reveal()}")
+    print("Store the key now: it is shown only once and cannot be recovered.", file=sys.stderr)
+    return 0
+
+
+@_handled
+async def key_list(args: argparse.Namespace, config: Config) -> int:
+    async with _store(config) as store:
+        api_keys = await store.list_api_keys(args.workspace)
+    rows = [
+        (k.id, k.name or "-", k.masked, _when(k.created_at), _when(k.last_used_at, "never"), _when(k.revoked_at, "no"))
+        for k in api_keys
+    ]
+    print(_table(("ID", "NAME", "KEY", "CREATED", "LAST USED", "REVOKED"), rows) if rows else "no keys")
+    return 0
+
+
+@_handled
+async def key_revoke(args: argparse.Namespace, config: Config) -> int:
+    async with _store(config) as store:
+        api_key = await store.revoke_api_key(args.key_id)
+    print(f"revoked key {api_key.id} ({api_key.masked}) at {_when(api_key.revoked_at)}; "
+          "a running gateway refuses it within a few seconds")
+    return 0
+
+
+def _read_secret(prompt: str) -> str:
+    if sys.stdin.isatty():
+        return getpass.getpass(prompt)
+    return sys.stdin.read()
+
+
+@_handled
+async def byok_set(args: argparse.Namespace, config: Config) -> int:
+    plaintext = _read_secret(f"{args.provider} key for workspace {args.workspace} (input hidden): ")
+    async with _store(config) as store:
+        await admin_ops.set_byok_key(store, config, args.workspace, args.provider, plaintext)
+    print(f"stored the {args.provider} key for workspace {args.workspace} (encrypted)")
+    return 0
+
+
+@_handled
+async def byok_rotate(args: argparse.Namespace, config: Config) -> int:
+    value = os.environ.get(NEW_MASTER_KEY_ENV) or _read_secret("new master key (base64, input hidden): ")
+    new = MasterKey.from_base64(value, NEW_MASTER_KEY_ENV)
+    current = admin_ops.current_master_key(config) if config.byok_master_key is not None else None
+    async with _store(config) as store:
+        moved = await admin_ops.rotate_master_key(store, current, new)
+    env = config.byok_master_key_env
+    print(f"re-encrypted {moved} BYOK key(s) under the new master key (id {new.key_id}).")
+    print(f"Next: set {env} to the new key (the value you passed in {NEW_MASTER_KEY_ENV}) in the gateway's "
+          f"environment file, then restart the gateway; until then it cannot decrypt BYOK keys.")
+    return 0
+
+
+@_handled
+async def usage_summary(args: argparse.Namespace, config: Config) -> int:
+    since = admin_ops.parse_since(args.since)
+    async with _store(config) as store:
+        totals = await store.usage_summary(since=since, workspace=args.workspace)
+    report = admin_ops.usage_json(totals, since)
+    if args.json:
+        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    headers = ("WORKSPACE", "LANE", "MODEL", "REQUESTS", "ERRORS", "PROMPT", "COMPLETION", "TOTAL")
+    keys = ("workspace", "lane", "model", "requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens")
+    rows = [[r[k] if r[k] is not None else "-" for k in keys] for r in report["data"]]
+    rows.append(["total", "", "", *(report["total"][k] for k in keys[3:])])
+    print(f"usage since {report['since'] or 'the beginning'}")
+    print(_table(headers, rows))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    """Add the workspace, key, byok and usage commands; each leaf sets `func`."""
+
+    def group(name: str, help_text: str) -> argparse._SubParsersAction:
+        parser = sub.add_parser(name, help=help_text, parents=parents)
+        return parser.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND")
+
+    def leaf(owner: argparse._SubParsersAction, name: str, func: Command, help_text: str) -> argparse.ArgumentParser:
+        parser = owner.add_parser(name, help=help_text, parents=parents)
+        parser.set_defaults(func=func)
+        return parser
+
+    ws = group("workspace", "manage workspaces")
+    leaf(ws, "create", workspace_create, "create a workspace").add_argument("name")
+    leaf(ws, "list", workspace_list, "list workspaces")
+    leaf(ws, "disable", _workspace_setter("disable_workspace"), "refuse the workspace's keys (403)").add_argument("name")
+    leaf(ws, "enable", _workspace_setter("enable_workspace"), "re-enable a disabled workspace").add_argument("name")
+    leaf(ws, "byok-enable", _workspace_setter("set_byok_enabled", True), "allow byok/* models").add_argument("name")
+    leaf(ws, "byok-disable", _workspace_setter("set_byok_enabled", False), "refuse byok/* models").add_argument("name")
+    limits = leaf(ws, "limits", workspace_limits, "show or set per-workspace rate limits")
+    limits.add_argument("name")
+    limits.add_argument("--rpm", type=_limit, default=KEEP, metavar="N|default", help="requests per minute")
+    limits.add_argument("--streams", type=_limit, default=KEEP, metavar="N|default", help="concurrent streams")
+
+    key = group("key", "manage workspace API keys")
+    create = leaf(key, "create", key_create, "issue a key (printed once)")
+    create.add_argument("workspace")
+    create.add_argument("--name", default="", help="a label for the key, e.g. where it is used")
+    leaf(key, "list", key_list, "list a workspace's keys (never the keys themselves)").add_argument("workspace")
+    leaf(key, "revoke", key_revoke, "revoke a key by id").add_argument("key_id")
+
+    byok = group("byok", "manage BYOK provider keys")
+    set_parser = leaf(byok, "set", byok_set, "store a workspace's provider key, read from stdin")
+    set_parser.add_argument("workspace")
+    set_parser.add_argument("provider")
+    leaf(byok, "rotate-master-key", byok_rotate, f"re-encrypt every BYOK key under ${NEW_MASTER_KEY_ENV} (or stdin)")
+
+    usage = sub.add_parser("usage", help="usage totals per workspace, lane and model", parents=parents)
+    usage.add_argument("workspace", nargs="?")
+    usage.add_argument("--since", metavar="YYYY-MM-DD", help="count requests from this day (UTC) on")
+    usage.add_argument("--json", action="store_true", help="machine-readable output")
+    usage.set_defaults(func=usage_summary)

@@ -1,0 +1,77 @@
+"""`build_app(config)`: the aiohttp application, its typed state, and the resources it owns
+(store, usage writer, authenticator, upstream session), each opened and closed in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from proxy import appkeys
+from proxy.admin import setup_admin_routes
+from proxy.auth import Authenticator
+from proxy.config import Config
+from proxy.handlers import add_routes
+from proxy.metrics import Metrics, metrics_handler
+from proxy.middleware import request_context
+from proxy.runtime import Runtime
+from proxy.startup_checks import check_master_key
+from proxy.store import Store
+from proxy.upstream import UpstreamClient
+from proxy.usage import UsageRecorder
+
+ADMIN_MAX_BODY = 1024 * 1024
+
+
+@dataclass(slots=True)
+class State:
+    """The app's only mutable state: the current config generation and the process phase."""
+
+    runtime: Runtime
+    ready: bool = False
+    draining: bool = False
+
+
+def build_app(config: Config, metrics: Metrics | None = None) -> web.Application:
+    app = web.Application(middlewares=[request_context], client_max_size=ADMIN_MAX_BODY)
+    app[appkeys.STATE] = State(Runtime.build(config))
+    app[appkeys.METRICS] = metrics or Metrics()
+    app[appkeys.UPSTREAM] = UpstreamClient(config.limits)
+    app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_upstream_ctx)
+    add_routes(app)
+    setup_admin_routes(app)
+    if config.metrics_listen is None:
+        app.router.add_get("/metrics", metrics_handler(app[appkeys.METRICS]))
+    return app
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    state: State = app[appkeys.STATE]
+    config = state.runtime.config
+    store = await Store.open(config.store_path)
+    try:
+        await check_master_key(store, state.runtime.master_key, config.byok_master_key_env)
+        auth = Authenticator(store, config.key_pepper)
+        await auth.start()
+        usage = UsageRecorder(store)
+        await usage.start()
+    except BaseException:
+        await store.close()
+        raise
+    app[appkeys.STORE], app[appkeys.AUTH], app[appkeys.USAGE] = store, auth, usage
+    state.ready = True
+    yield
+    state.ready = False
+    await usage.stop()
+    await auth.stop()
+    await store.close()
+
+
+async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
+    client: UpstreamClient = app[appkeys.UPSTREAM]
+    await client.open()
+    yield
+    await client.close()

@@ -1,0 +1,179 @@
+"""One upstream attempt, settled before anything reaches the client, and failover across attempts.
+
+An attempt ends either in an `Answer` the client may get (a complete JSON body, or a stream whose
+first event has arrived) or in a classified failure. Retries stay inside the lane's own targets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Mapping
+
+import orjson
+
+from proxy import errors, scrub
+from proxy.relay import StreamRelay
+from proxy.sse import EventTooLarge
+from proxy.types import AttemptResult, Endpoint, UpstreamTarget
+from proxy.upstream import Reply, StreamBroken, UpstreamClient, UpstreamFailure
+
+MAX_JSON_ANSWER_BYTES = 64 * 1024 * 1024
+MAX_ERROR_BODY_BYTES = 256 * 1024
+
+
+@dataclass(slots=True)
+class Answer:
+    target: UpstreamTarget
+    status: int
+    headers: Mapping[str, str]
+    body: bytes | None = None  # JSON answers: the whole body
+    reply: Reply | None = None  # streams: the open reply ...
+    chunks: AsyncIterator[bytes] | None = None  # ... its chunk iterator, already advanced
+    first: bytes = b""  # ... and the events read before committing
+    relay: StreamRelay | None = None
+
+
+class AttemptFailed(Exception):
+    def __init__(self, result: AttemptResult, error: errors.ProxyError, retry_after: float | None = None) -> None:
+        super().__init__(error.message)
+        self.result = result
+        self.error = error
+        self.retry_after = retry_after
+
+
+@dataclass(slots=True)
+class AttemptSpec:
+    """What every attempt of one request shares."""
+
+    endpoint: Endpoint
+    data: dict[str, Any]  # the (scrubbed) client body; `model` is rewritten per target
+    headers: dict[str, str]
+    client_stream: bool
+    first_byte_timeout_s: float
+    max_event_bytes: int
+    mask: tuple[str, ...] | None  # None: pass upstream errors unmasked (the tenant's own provider)
+
+
+def upstream_body(spec: AttemptSpec, target: UpstreamTarget) -> tuple[bytes, bool, bool]:
+    """The body for one target, whether the upstream call streams, and whether to hide the usage chunk."""
+    data = dict(spec.data)
+    data["model"] = target.model
+    stream = spec.client_stream
+    hide_usage = False
+    if stream and spec.endpoint is Endpoint.RESPONSES and not target.responses_stream:
+        data["stream"] = False
+        stream = False
+    elif stream and spec.endpoint is Endpoint.CHAT:
+        options = dict(data.get("stream_options") or {})
+        if not options.get("include_usage"):
+            options["include_usage"] = True
+            data["stream_options"] = options
+            hide_usage = True
+    return orjson.dumps(data), stream, hide_usage
+
+
+async def attempt(client: UpstreamClient, spec: AttemptSpec, target: UpstreamTarget) -> Answer:
+    body, stream, hide_usage = upstream_body(spec, target)
+    try:
+        reply = await client.send(target, spec.endpoint, body, spec.headers, stream)
+    except UpstreamFailure as exc:
+        cls = errors.UpstreamTimeoutError if exc.result is AttemptResult.TIMEOUT else errors.UpstreamError
+        raise AttemptFailed(exc.result, cls(f"upstream attempt failed: {exc.message}")) from exc
+    try:
+        if reply.status >= 400:
+            raise await _failure(reply, target, spec)
+        if stream and reply.content_type == "text/event-stream":
+            return await _first_events(reply, target, spec, hide_usage)
+        if stream:
+            raise await _failure(reply, target, spec)  # a JSON (error) answer to a stream request
+        raw = await reply.read(MAX_JSON_ANSWER_BYTES)
+    except StreamBroken as exc:
+        reply.close()
+        result = AttemptResult.TIMEOUT if exc.timeout else AttemptResult.SERVER_ERROR
+        raise AttemptFailed(result, errors.UpstreamError(f"upstream answer broke off: {exc.message}")) from exc
+    except BaseException:
+        reply.close()
+        raise
+    reply.release()
+    return Answer(target, reply.status, reply.headers, body=raw)
+
+
+async def _first_events(reply: Reply, target: UpstreamTarget, spec: AttemptSpec, hide_usage: bool) -> Answer:
+    relay = StreamRelay(spec.max_event_bytes, responses=spec.endpoint is Endpoint.RESPONSES, hide_usage_chunk=hide_usage)
+    chunks = reply.chunks().__aiter__()
+    first: list[bytes] = []
+    try:
+        async with asyncio.timeout(spec.first_byte_timeout_s):
+            while relay.data_events == 0:
+                first.append(relay.feed(await anext(chunks)))
+    except StopAsyncIteration as exc:
+        raise AttemptFailed(AttemptResult.SERVER_ERROR, errors.UpstreamError("upstream closed the stream before any event")) from exc
+    except TimeoutError as exc:
+        raise AttemptFailed(
+            AttemptResult.TIMEOUT, errors.UpstreamTimeoutError(f"no stream event within {spec.first_byte_timeout_s:g}s")
+        ) from exc
+    except EventTooLarge as exc:
+        raise AttemptFailed(AttemptResult.SERVER_ERROR, errors.UpstreamError("upstream stream event is too large")) from exc
+    if relay.error is not None and relay.data_events == 1:
+        body = {"error": relay.error}
+        raise AttemptFailed(AttemptResult.SERVER_ERROR, _status_error(502, body, spec, None))
+    return Answer(target, reply.status, reply.headers, reply=reply, chunks=chunks, first=b"".join(first), relay=relay)
+
+
+async def _failure(reply: Reply, target: UpstreamTarget, spec: AttemptSpec) -> AttemptFailed:
+    """Classify an error answer (read and released here) into a retry decision and a client error."""
+    status = reply.status
+    retry_after = parse_retry_after(reply.headers.get("Retry-After"))
+    try:
+        raw = await reply.read(MAX_ERROR_BODY_BYTES)
+    except StreamBroken:
+        raw = b""
+    reply.close()
+    if status == 429:
+        result = AttemptResult.RATE_LIMITED
+    elif status in (401, 403):
+        result = AttemptResult.AUTH_ERROR
+    elif status >= 500 or status == 408 or status < 400:
+        result = AttemptResult.SERVER_ERROR
+    else:
+        result = AttemptResult.CLIENT_ERROR
+    if result is AttemptResult.AUTH_ERROR and target.byok_provider:
+        error: errors.ProxyError = errors.ByokUpstreamAuthError(
+            f"your {target.byok_provider} key was rejected by the provider (HTTP {status}); "
+            f"store a valid key with `byok set` or the admin API"
+        )
+        return AttemptFailed(result, error)
+    if result is AttemptResult.AUTH_ERROR:
+        error = errors.UpstreamError("the upstream refused the gateway's operator credentials")
+        return AttemptFailed(result, error)
+    body = _json_object(raw)
+    if body is None or not isinstance(body.get("error"), dict):
+        what = "a stream request with JSON" if status < 400 else f"HTTP {status} with a body that is not an OpenAI error"
+        return AttemptFailed(result, errors.UpstreamError(f"the upstream answered {what}"), retry_after)
+    return AttemptFailed(result, _status_error(status if status >= 400 else 502, body, spec, retry_after), retry_after)
+
+
+def _status_error(status: int, body: dict[str, Any], spec: AttemptSpec, retry_after: float | None) -> errors.ProxyError:
+    if spec.mask is not None:
+        body = scrub.mask_error_body(body, spec.mask)
+    return errors.UpstreamStatusError(status, body, retry_after)
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None  # HTTP-date form: rare from LLM APIs; the lane's default cool-down applies
+    return seconds if 0 <= seconds < 86400 else None
+

@@ -1,0 +1,226 @@
+"""Workspace-key authentication for /v1/*: header rules, a cached key table, failure reasons.
+
+Never echoes a key, and does no SQLite round trip per request on the hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Callable, Mapping
+
+from aiohttp import hdrs, web
+
+from proxy import keys
+from proxy.errors import AuthenticationError, ServiceUnavailableError, WorkspaceDisabledError
+from proxy.store import Store
+from proxy.store_types import AuthEntry, StoreError, Workspace
+from proxy.types import Principal, Secret
+
+log = logging.getLogger(__name__)
+
+CHECK_INTERVAL_S = 1.0  # how stale the cache may be when another process changes the store
+MISS_RECHECK_S = 0.1  # an unknown key may trigger a version check this often, no more
+QUERY_KEY_PARAMS = ("api_key", "api-key", "apikey", "key", "access_token")
+API_KEY_HEADER = "api-key"
+
+
+class AuthFailure(StrEnum):
+    """Why authentication failed; bounded, so it can be a metric label."""
+
+    MISSING = "missing"
+    MALFORMED = "malformed"
+    UNKNOWN = "unknown"
+    REVOKED = "revoked"
+    DISABLED = "disabled"
+
+
+class KeyRejected(AuthenticationError):
+    """401 with the reason kept for metrics; the message never contains the key."""
+
+    def __init__(self, reason: AuthFailure, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class WorkspaceDisabled(WorkspaceDisabledError):
+    reason = AuthFailure.DISABLED
+
+
+def failure_reason(exc: BaseException) -> AuthFailure | None:
+    reason = getattr(exc, "reason", None)
+    return reason if isinstance(reason, AuthFailure) else None
+
+
+MSG_MISSING = "You didn't provide an API key. Send your gateway key as 'Authorization: Bearer <key>' (or an 'api-key' header)."
+MSG_MALFORMED = (
+    f"The API key is malformed: gateway keys start with '{keys.PREFIX}' and are {keys.KEY_LEN} characters long. "
+    "Check that the whole key was copied."
+)
+MSG_INVALID = "Incorrect API key provided, or the key has been revoked. Ask your gateway operator for a valid key."
+MSG_QUERY = (
+    "API keys are not accepted in the URL query string (URLs end up in logs). "
+    "Send the key as 'Authorization: Bearer <key>' instead."
+)
+MSG_DUPLICATE = "The request carries more than one API key header; send exactly one 'Authorization: Bearer <key>'."
+MSG_CONFLICT = "The Authorization and api-key headers carry different keys; send only one."
+MSG_SCHEME = "The Authorization header must use the Bearer scheme: 'Authorization: Bearer <key>'."
+
+
+def extract_key(request: web.Request) -> str:
+    """The one key a request presents, by the header rules; raises KeyRejected otherwise."""
+    if any(name in request.query for name in QUERY_KEY_PARAMS):
+        raise KeyRejected(AuthFailure.MALFORMED, MSG_QUERY)
+    authorization = request.headers.getall(hdrs.AUTHORIZATION, [])
+    api_key = request.headers.getall(API_KEY_HEADER, [])
+    if len(authorization) > 1 or len(api_key) > 1:
+        raise KeyRejected(AuthFailure.MALFORMED, MSG_DUPLICATE)
+    candidates = []
+    if authorization and authorization[0].strip():
+        scheme, _, token = authorization[0].strip().partition(" ")
+        if scheme.lower() != "bearer":
+            raise KeyRejected(AuthFailure.MALFORMED, MSG_SCHEME)
+        candidates.append(token.strip())
+    if api_key:
+        candidates.append(api_key[0].strip())
+    candidates = [c for c in candidates if c]
+    if not candidates:
+        raise KeyRejected(AuthFailure.MISSING, MSG_MISSING)
+    if len(set(candidates)) > 1:
+        raise KeyRejected(AuthFailure.MALFORMED, MSG_CONFLICT)
+    return candidates[0]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkspaceLimits:
+    rpm_limit: int | None  # None: the configured default applies
+    stream_limit: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    version: int
+    entries: Mapping[str, AuthEntry]  # by key id
+    principals: Mapping[str, Principal]  # by key id
+    workspaces: Mapping[int, AuthEntry]  # by workspace id: any one entry, for its workspace and providers
+
+
+def _snapshot(version: int, entries: list[AuthEntry]) -> _Snapshot:
+    by_id = {e.key_id: e for e in entries}
+    principals = {
+        e.key_id: Principal(e.workspace.id, e.workspace.name, e.key_id, e.workspace.byok_enabled) for e in entries
+    }
+    return _Snapshot(version, by_id, principals, {e.workspace.id: e for e in entries})
+
+
+class Authenticator:
+    """Checks workspace keys against an in-memory copy of the key table.
+
+    The copy holds every key's hash, revoked flag and workspace. The first request after
+    CHECK_INTERVAL_S (1 s) reads the store's `auth_version` counter (one row; SQLite triggers
+    bump it on any change to keys, workspaces or BYOK keys) and reloads the copy when it moved,
+    so a revoke or disable made by the CLI in another process applies within about a second.
+    `invalidate()` makes the very next request reload (the admin API calls it). A well-formed
+    key missing from the copy may force a version check, at most every MISS_RECHECK_S, so a
+    key created a moment ago works without letting random keys hammer SQLite. Requests that
+    arrive while another request checks use the current copy instead of waiting.
+    """
+
+    def __init__(
+        self, store: Store, pepper: Secret, *, check_interval_s: float = CHECK_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._pepper = pepper
+        self._interval = check_interval_s
+        self._clock = clock
+        self._snapshot: _Snapshot | None = None
+        self._checked_at = float("-inf")
+        self._stale = False
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Load the key table now, so the first request doesn't pay for it."""
+        await self.refresh()
+
+    async def stop(self) -> None:
+        """Nothing to stop: there is no background task."""
+
+    def invalidate(self) -> None:
+        """Make the next request reload the key table (same-process admin changes)."""
+        self._stale = True
+
+    async def refresh(self) -> None:
+        """Reload the key table now."""
+        self._stale = True
+        await self._ensure_fresh(self._interval)
+
+    @property
+    def version(self) -> int | None:
+        """The store's auth_version of the cached copy; callers may key their own caches on it."""
+        return None if self._snapshot is None else self._snapshot.version
+
+    async def authenticate(self, request: web.Request) -> Principal:
+        return await self.authenticate_key(extract_key(request))
+
+    async def authenticate_key(self, key: str) -> Principal:
+        key_id = keys.key_id_of(key)
+        if key_id is None:
+            raise KeyRejected(AuthFailure.MALFORMED, MSG_MALFORMED)
+        snapshot = await self._ensure_fresh(self._interval)
+        if key_id not in snapshot.entries:
+            snapshot = await self._ensure_fresh(MISS_RECHECK_S)
+        entry = snapshot.entries.get(key_id)
+        if entry is None or not hmac.compare_digest(entry.key_hash, keys.hash_api_key(key, self._pepper)):
+            raise KeyRejected(AuthFailure.UNKNOWN, MSG_INVALID)
+        if entry.revoked:
+            raise KeyRejected(AuthFailure.REVOKED, MSG_INVALID)
+        if entry.workspace.disabled:
+            raise WorkspaceDisabled(
+                f"Workspace '{entry.workspace.name}' is disabled. Contact your gateway operator."
+            )
+        return snapshot.principals[key_id]
+
+    def workspace(self, workspace_id: int) -> Workspace | None:
+        """The cached workspace (of any workspace that has at least one key)."""
+        entry = self._snapshot.workspaces.get(workspace_id) if self._snapshot else None
+        return None if entry is None else entry.workspace
+
+    def principal_limits(self, workspace_id: int) -> WorkspaceLimits | None:
+        """Per-workspace rate-limit overrides from the cache (no SQL); None for an unknown workspace."""
+        workspace = self.workspace(workspace_id)
+        return None if workspace is None else WorkspaceLimits(workspace.rpm_limit, workspace.stream_limit)
+
+    def byok_providers(self, workspace_id: int) -> frozenset[str]:
+        """Providers this workspace has a stored BYOK key for, from the cache."""
+        entry = self._snapshot.workspaces.get(workspace_id) if self._snapshot else None
+        return frozenset() if entry is None else entry.byok_providers
+
+    def _fresh(self, max_age: float) -> bool:
+        return self._snapshot is not None and not self._stale and self._clock() - self._checked_at < max_age
+
+    async def _ensure_fresh(self, max_age: float) -> _Snapshot:
+        busy = self._lock.locked() and self._snapshot is not None and not self._stale
+        if not self._fresh(max_age) and not busy:  # while another request checks, use the current copy
+            async with self._lock:
+                if not self._fresh(max_age):
+                    await self._reload()
+        assert self._snapshot is not None  # reason: _reload sets it or raises
+        return self._snapshot
+
+    async def _reload(self) -> None:
+        stale, self._stale = self._stale, False
+        try:
+            version = await self._store.auth_version()
+            if stale or self._snapshot is None or version != self._snapshot.version:
+                self._snapshot = _snapshot(version, await self._store.auth_entries())
+        except StoreError as exc:
+            if self._snapshot is None:
+                raise ServiceUnavailableError("Authentication is unavailable: the gateway's store cannot be read.") from exc
+            log.warning("auth cache refresh failed, keeping the previous copy: %s", exc)
+        self._checked_at = self._clock()
+

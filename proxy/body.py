@@ -1,0 +1,133 @@
+"""Reading and strictly validating client request bodies (pure parsing plus one bounded read).
+
+It decides what is a valid request; it does not route, scrub or talk to upstreams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import hdrs, web
+
+from proxy.errors import InvalidRequestError, RequestTooLargeError
+
+MAX_DEPTH = 64
+
+
+class UnsupportedMediaError(InvalidRequestError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class RequestTimeoutError(InvalidRequestError):
+    status = 408
+    code = "request_timeout"
+
+
+@dataclass(slots=True)
+class RequestBody:
+    data: dict[str, Any]
+    model: str
+    stream: bool
+
+
+async def read_body(request: web.Request, max_bytes: int, timeout_s: float) -> bytes:
+    """Read at most `max_bytes` of body within `timeout_s`; never inflate a compressed body."""
+    encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnsupportedMediaError(f"compressed request bodies ({encoding}) are not supported; send plain JSON")
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise _too_large(max_bytes)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise _too_large(max_bytes)
+                chunks.append(chunk)
+    except TimeoutError as exc:
+        raise RequestTimeoutError(f"the request body was not received within {timeout_s:g}s") from exc
+    return b"".join(chunks)
+
+
+def _too_large(max_bytes: int) -> RequestTooLargeError:
+    return RequestTooLargeError(f"request body is larger than the limit of {max_bytes} bytes")
+
+
+def _reject_constant(name: str) -> Any:
+    raise InvalidRequestError(f"request body contains {name}, which is not valid JSON")
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]  # reason: set.add returns None by design
+        raise InvalidRequestError(f"request body has the key '{dup}' more than once")
+    return obj
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_object, parse_constant=_reject_constant)
+
+
+def parse_body(raw: bytes) -> RequestBody:
+    """Strict JSON → RequestBody; every problem is a 400 naming it."""
+    if not raw.strip():
+        raise InvalidRequestError("request body is empty; send a JSON object")
+    try:
+        text = raw.decode("utf-8")
+        data = _DECODER.decode(text)
+    except UnicodeDecodeError as exc:
+        raise InvalidRequestError("request body is not valid UTF-8") from exc
+    except RecursionError as exc:
+        raise InvalidRequestError(f"request body is nested deeper than {MAX_DEPTH} levels") from exc
+    except json.JSONDecodeError as exc:
+        raise InvalidRequestError(f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    if not isinstance(data, dict):
+        raise InvalidRequestError(f"request body must be a JSON object, got {_json_type(data)}")
+    _check_depth(data)
+    model = data.get("model")
+    if model is None:
+        raise InvalidRequestError("'model' is required, e.g. \"cheap/gpt-5.4\"", param="model")
+    if not isinstance(model, str):
+        raise InvalidRequestError(f"'model' must be a string, got {_json_type(model)}", param="model")
+    stream = data.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise InvalidRequestError(f"'stream' must be true or false, got {_json_type(stream)}", param="stream")
+    options = data.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise InvalidRequestError("'stream_options' must be an object", param="stream_options")
+    return RequestBody(data, model, stream)
+
+
+def _check_depth(root: Any) -> None:
+    stack = [(root, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise InvalidRequestError(f"request body is nested deeper than {MAX_DEPTH} levels")
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
+
+
+def encode_body(data: dict[str, Any]) -> bytes:
+    """Serialize an outgoing body; lone surrogates and similar are the client's error."""
+    try:
+        return orjson.dumps(data)
+    except (orjson.JSONEncodeError, TypeError) as exc:
+        raise InvalidRequestError(f"request body cannot be forwarded: {exc}") from exc
+

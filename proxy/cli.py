@@ -1,0 +1,48 @@
+"""`python -m proxy …`: argument parsing only; each command loads the config and calls one module."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from proxy import __version__, admin_cli
+from proxy.config import load_config
+from proxy.errors import ConfigError
+
+DEFAULT_CONFIG = "config/gateway.yaml"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help=f"config file (default {DEFAULT_CONFIG})")
+    parser = argparse.ArgumentParser(prog="python -m proxy", description="OneKeyModels gateway", parents=[common])
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("serve", parents=[common], help="run the gateway")
+    sub.add_parser("check-config", parents=[common], help="validate a config file and exit")
+    admin_cli.register(sub, [common])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    path = Path(getattr(args, "config", DEFAULT_CONFIG))
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.command == "serve":
+        from proxy.server import serve  # keeps CLI commands from importing the whole server
+
+        return serve(config)
+    if args.command == "check-config":
+        pool = len(config.cheap_pool)
+        print(
+            f"{config.source}: ok ({pool} pool accounts, {len(config.resale_models)} Business models, "
+            f"{len(config.byok_providers)} BYOK providers)"
+        )
+        return 0
+    return asyncio.run(args.func(args, config))

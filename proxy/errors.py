@@ -1,0 +1,178 @@
+"""The gateway's one exception tree; each class knows its HTTP status and OpenAI error shape.
+
+    ProxyError                         500 server_error / internal_error
+    ├── InvalidRequestError            400 invalid_request
+    │   ├── InvalidModelIdError        400 invalid_model_id
+    │   ├── ByokKeyNotConfiguredError  400 byok_key_not_configured
+    │   └── StatefulRequestNotAllowedError 400 stateful_request_not_allowed
+    ├── AuthenticationError            401 invalid_api_key
+    ├── PermissionDeniedError          403
+    │   ├── WorkspaceDisabledError     403 workspace_disabled
+    │   ├── ByokNotEnabledError        403 byok_not_enabled
+    │   └── ByokUpstreamAuthError      403 byok_upstream_auth_failed
+    ├── NotFoundError                  404 not_found
+    │   └── ModelNotFoundError         404 model_not_found
+    ├── RequestTooLargeError           413 request_too_large
+    ├── RateLimitedError               429 rate_limited (Retry-After)
+    ├── UpstreamError                  502 upstream_error
+    │   └── UpstreamStatusError        the upstream's own status and OpenAI error body
+    ├── ServiceUnavailableError        503
+    │   ├── NoHealthyUpstreamError     503 no_healthy_upstream
+    │   └── OverloadedError            503 overloaded (Retry-After)
+    └── UpstreamTimeoutError           504 upstream_timeout
+
+Messages are written for the person reading them; they never contain a key or account name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+
+class ProxyError(Exception):
+    status = 500
+    type = "server_error"
+    code = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.retry_after = retry_after
+
+    def to_openai_body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def body_bytes(self) -> bytes:
+        return orjson.dumps(self.to_openai_body())
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, int(round(self.retry_after))))}
+
+
+class InvalidRequestError(ProxyError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class InvalidModelIdError(InvalidRequestError):
+    code = "invalid_model_id"
+
+
+class ByokKeyNotConfiguredError(InvalidRequestError):
+    code = "byok_key_not_configured"
+
+
+class StatefulRequestNotAllowedError(InvalidRequestError):
+    code = "stateful_request_not_allowed"
+
+
+class AuthenticationError(ProxyError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDeniedError(ProxyError):
+    status = 403
+    type = "permission_error"
+    code = "permission_denied"
+
+
+class WorkspaceDisabledError(PermissionDeniedError):
+    code = "workspace_disabled"
+
+
+class ByokNotEnabledError(PermissionDeniedError):
+    code = "byok_not_enabled"
+
+
+class ByokUpstreamAuthError(PermissionDeniedError):
+    code = "byok_upstream_auth_failed"
+
+
+class NotFoundError(ProxyError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFoundError(NotFoundError):
+    code = "model_not_found"
+
+
+class RequestTooLargeError(ProxyError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class RateLimitedError(ProxyError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limited"
+
+
+class UpstreamError(ProxyError):
+    status = 502
+    type = "api_error"
+    code = "upstream_error"
+
+
+class UpstreamStatusError(UpstreamError):
+    """The upstream answered an error before any byte reached the client.
+
+    `body` is the upstream's OpenAI-shaped error (already checked and, on scrubbed lanes,
+    masked); it is passed on with the upstream's status.
+    """
+
+    def __init__(self, status: int, body: dict[str, Any], retry_after: float | None = None) -> None:
+        error = body.get("error") if isinstance(body.get("error"), dict) else {}
+        super().__init__(str(error.get("message") or "upstream error"), retry_after=retry_after)
+        self.status = status
+        self.body = body
+        if isinstance(error.get("code"), str):
+            self.code = error["code"]
+        if isinstance(error.get("type"), str):
+            self.type = error["type"]
+
+    def to_openai_body(self) -> dict[str, Any]:
+        return self.body
+
+
+class ServiceUnavailableError(ProxyError):
+    status = 503
+    type = "api_error"
+    code = "service_unavailable"
+
+
+class NoHealthyUpstreamError(ServiceUnavailableError):
+    code = "no_healthy_upstream"
+
+
+class OverloadedError(ServiceUnavailableError):
+    code = "overloaded"
+
+
+class UpstreamTimeoutError(ProxyError):
+    status = 504
+    type = "api_error"
+    code = "upstream_timeout"
+
+
+class ConfigError(Exception):
+    """An invalid config file; the message starts with the path of the bad field."""

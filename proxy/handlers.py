@@ -1,0 +1,66 @@
+"""Thin HTTP handlers: the four proxied endpoints, the model list, health and readiness."""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from proxy import appkeys
+from proxy.pipeline import proxy_request
+from proxy.runtime import Runtime
+from proxy.types import Endpoint, Lane
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def endpoint_handler(endpoint: Endpoint) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await proxy_request(request, endpoint)
+
+    handle.okm_endpoint = endpoint  # type: ignore[attr-defined]  # reason: read by the middleware to open a record
+    handle.__name__ = endpoint.name.lower()
+    return handle
+
+
+async def list_models(request: web.Request) -> web.Response:
+    app = request.app
+    auth = app[appkeys.AUTH]
+    principal = await auth.authenticate(request)
+    runtime: Runtime = app[appkeys.STATE].runtime
+    ids = [f"{Lane.CHEAP}/{m}" for m in runtime.lanes.cheap.pool.models()]
+    ids += [f"{Lane.RESALE}/{m}" for m in sorted(runtime.config.resale_models)]
+    if principal.byok_enabled:
+        stored = auth.byok_providers(principal.workspace_id)
+        for name, provider in sorted(runtime.config.byok_providers.items()):
+            if name in stored:
+                ids += [f"{Lane.BYOK}/{name}/{m}" for m in provider.models]
+    data = [_model(i) for i in ids]
+    return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type="application/json")
+
+
+def _model(model_id: str) -> dict[str, Any]:
+    owner = {"cheap": "okm-budget", "resale": "okm-business", "byok": "okm-byok"}[model_id.split("/", 1)[0]]
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": owner}
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state = request.app[appkeys.STATE]
+    if state.draining:
+        return web.json_response({"status": "draining"}, status=503)
+    if not state.ready:
+        return web.json_response({"status": "starting"}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+def add_routes(app: web.Application) -> None:
+    for endpoint in Endpoint:
+        app.router.add_post(f"/v1/{endpoint.value}", endpoint_handler(endpoint))
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)

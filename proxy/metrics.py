@@ -1,0 +1,62 @@
+"""Prometheus metrics: one registry per app, every family declared up front, bounded labels only.
+
+Labels hold lanes, endpoints, status codes, configured upstream names and reasons — never a
+key, a workspace, a prompt or a model string from a client.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# LLM traffic spans milliseconds (auth failures) to many minutes (long generations).
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
+TTFB_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("okm_requests_total", "Requests answered, by lane, endpoint and HTTP status.",
+                                ["lane", "endpoint", "status"], registry=r)
+        self.duration = Histogram("okm_request_duration_seconds", "Whole request duration, including the stream.",
+                                  ["lane", "endpoint"], buckets=DURATION_BUCKETS, registry=r)
+        self.ttfb = Histogram("okm_time_to_first_byte_seconds", "Time until the first response byte went to the client.",
+                              ["lane", "endpoint"], buckets=TTFB_BUCKETS, registry=r)
+        self.attempts = Counter("okm_upstream_attempts_total", "Upstream attempts by configured upstream and outcome.",
+                                ["lane", "upstream", "outcome"], registry=r)
+        self.fallbacks = Counter("okm_fallbacks_total", "Requests retried on another upstream of the same lane.",
+                                 ["lane"], registry=r)
+        self.active_streams = Gauge("okm_active_streams", "Streams currently being relayed.", ["lane"], registry=r)
+        self.tokens = Counter("okm_tokens_total", "Tokens accounted, by kind (prompt, completion).",
+                              ["lane", "kind"], registry=r)
+        self.pool_healthy = Gauge("okm_pool_account_healthy", "1 while a Budget pool account is in rotation.",
+                                  ["account"], registry=r)
+        self.auth_failures = Counter("okm_auth_failures_total", "Rejected workspace credentials, by reason.",
+                                     ["reason"], registry=r)
+        self.client_disconnects = Counter("okm_client_disconnects_total", "Clients that left before the end, by phase.",
+                                          ["phase"], registry=r)
+        self.streams_interrupted = Counter("okm_streams_interrupted_total", "Streams ended by an in-band error, by reason.",
+                                           ["lane", "reason"], registry=r)
+        self.inband_errors = Counter("okm_inband_errors_total", "In-band error events written to clients.",
+                                     ["lane"], registry=r)
+        self.malformed_events = Counter("okm_malformed_events_total", "Upstream stream events that were not valid JSON.",
+                                        ["lane"], registry=r)
+        self.shed = Counter("okm_requests_shed_total", "Requests refused to protect the gateway or a workspace limit.",
+                            ["reason"], registry=r)
+        self.usage_write_failures = Counter("okm_usage_write_failures_total", "Usage rows that could not be written.",
+                                            registry=r)
+        self.config_reloads = Counter("okm_config_reloads_total", "Config reloads, by result (ok, failed).",
+                                      ["result"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def metrics_handler(metrics: Metrics):  # noqa: ANN201  # reason: aiohttp handler type is verbose
+    """A `/metrics` handler bound to one registry (served on the main or the metrics listener)."""
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return handle

@@ -1,0 +1,109 @@
+"""Per-request context for every route: request id, the request record, the one mapping of
+errors to OpenAI-shaped JSON, and the single place a request's fate is recorded (metrics,
+usage row, access log). Valid only before a response has started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from proxy import appkeys, errors
+from proxy.accesslog import log_request
+from proxy.auth import failure_reason
+from proxy.pipeline import RECORD
+from proxy.types import Endpoint, Outcome, RequestRecord
+
+log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+REQUEST_ID_HEADER = "X-Request-Id"
+
+
+def error_response(exc: errors.ProxyError, request_id: str) -> web.Response:
+    headers = {REQUEST_ID_HEADER: request_id, **exc.headers()}
+    return web.Response(status=exc.status, body=exc.body_bytes(), content_type="application/json", headers=headers)
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = "req_" + uuid.uuid4().hex
+    endpoint = _route_endpoint(request)
+    if endpoint is None:  # health, metrics, admin: no usage record
+        try:
+            response = await handler(request)
+        except errors.ProxyError as exc:
+            return error_response(exc, request_id)
+        if not response.prepared:
+            response.headers[REQUEST_ID_HEADER] = request_id
+        return response
+    record = RequestRecord(request_id, time.time(), time.monotonic(), endpoint)
+    request[RECORD] = record
+    try:
+        response = await handler(request)
+        if not response.prepared:
+            response.headers[REQUEST_ID_HEADER] = request_id
+            record.status = response.status
+        return response
+    except errors.ProxyError as exc:
+        record.status = exc.status
+        record.outcome = _outcome_of(exc, record)
+        _count_auth_failure(request, exc)
+        return error_response(exc, request_id)
+    except asyncio.CancelledError:
+        if record.outcome is Outcome.OK:
+            record.outcome = Outcome.CLIENT_CANCELLED
+            phase = "waiting" if record.status == 0 else "streaming"
+            request.app[appkeys.METRICS].client_disconnects.labels(phase).inc()
+        raise
+    finally:
+        _finish(request, record)
+
+
+def _route_endpoint(request: web.Request) -> Endpoint | None:
+    info = request.match_info.route
+    endpoint = getattr(info.handler, "okm_endpoint", None)
+    return endpoint if isinstance(endpoint, Endpoint) else None
+
+
+def _outcome_of(exc: errors.ProxyError, record: RequestRecord) -> Outcome:
+    if isinstance(exc, errors.UpstreamTimeoutError):
+        return Outcome.UPSTREAM_TIMEOUT
+    if record.attempts and isinstance(exc, (errors.UpstreamError, errors.ServiceUnavailableError,
+                                            errors.RateLimitedError, errors.ByokUpstreamAuthError)):
+        return Outcome.UPSTREAM_ERROR
+    if record.attempts and exc.status >= 400 and isinstance(exc, errors.UpstreamStatusError):
+        return Outcome.UPSTREAM_ERROR
+    return Outcome.REJECTED
+
+
+def _count_auth_failure(request: web.Request, exc: errors.ProxyError) -> None:
+    reason = failure_reason(exc)
+    if reason is not None:
+        request.app[appkeys.METRICS].auth_failures.labels(reason).inc()
+
+
+def _finish(request: web.Request, record: RequestRecord) -> None:
+    """Record the request once, whatever happened: metrics, usage row, access log."""
+    record.duration_s = time.monotonic() - record.t0
+    if record.status == 0:
+        record.status = 499  # the client left before any status was sent (nginx's convention)
+    app = request.app
+    metrics = app[appkeys.METRICS]
+    lane = record.route.lane.value if record.route else "none"
+    endpoint = record.endpoint.value
+    metrics.requests.labels(lane, endpoint, str(record.status)).inc()
+    metrics.duration.labels(lane, endpoint).observe(record.duration_s)
+    if record.ttfb_s is not None:
+        metrics.ttfb.labels(lane, endpoint).observe(record.ttfb_s)
+    if record.usage.prompt_tokens:
+        metrics.tokens.labels(lane, "prompt").inc(record.usage.prompt_tokens)
+    if record.usage.completion_tokens:
+        metrics.tokens.labels(lane, "completion").inc(record.usage.completion_tokens)
+    if record.principal is not None:
+        app[appkeys.USAGE].finish(record)
+    log_request(record, app[appkeys.STATE].runtime.config.log.access_log)

@@ -1,0 +1,161 @@
+"""One proxied request: authenticate, parse, route, try the lane's upstreams, answer.
+
+Everything up to the upstream's first event is settled before the client's response starts;
+after that, failures are in-band events. The middleware owns the request record's fate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from proxy import appkeys, errors, scrub
+from proxy.attempt import Answer, AttemptFailed, AttemptSpec, attempt
+from proxy.body import parse_body, read_body
+from proxy.byok import workspace_key
+from proxy.lanes import CheapLane
+from proxy.responses_stream import synthesize_response_events
+from proxy.routing import resolve_route
+from proxy.runtime import Runtime
+from proxy.streaming import stream_answer, synthesized_stream
+from proxy.types import AttemptResult, Endpoint, Lane, RequestRecord, Route, Usage
+
+RECORD = "okm_record"
+
+
+async def proxy_request(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
+    app = request.app
+    runtime: Runtime = app[appkeys.STATE].runtime  # one config generation for the whole request
+    record: RequestRecord = request[RECORD]
+    record.principal = principal = await app[appkeys.AUTH].authenticate(request)
+    limits = runtime.config.limits
+    raw = await read_body(request, limits.max_body_bytes, limits.client_body_timeout_s)
+    body = parse_body(raw)
+    record.stream = body.stream
+    forbidden = scrub.find_forbidden_field(body.data)
+    if forbidden is not None:
+        raise errors.InvalidRequestError(
+            f"'{forbidden}' is not allowed: upstream endpoints and keys come only from the gateway's config",
+            param=forbidden,
+        )
+    record.route = route = resolve_route(body.model, runtime.table)
+    lane = runtime.lanes.for_route(route)
+    key = None
+    if route.lane is Lane.BYOK:
+        key = await workspace_key(app[appkeys.STORE], runtime.master_key, principal, route.provider or "")
+    spec = AttemptSpec(
+        endpoint=endpoint,
+        data=scrub.scrub_request_body(body.data, strict=lane.scrub),
+        headers=scrub.upstream_request_headers(request.headers, strict=lane.scrub),
+        client_stream=body.stream,
+        first_byte_timeout_s=limits.first_byte_timeout_s,
+        max_event_bytes=limits.max_event_bytes,
+        mask=runtime.mask_for(route.lane),
+    )
+    admission = app[appkeys.USAGE].admit(record)
+    answer = await failover(app, runtime, lane, route, spec, key, record)
+    try:
+        await admission  # the usage row is durable before the client sees a byte
+        return await answer_client(request, answer, spec, record, len(raw))
+    finally:
+        lane.end(answer.target)
+
+
+async def failover(app: web.Application, runtime: Runtime, lane: Any, route: Route, spec: AttemptSpec,
+                   key: Any, record: RequestRecord) -> Answer:
+    """Try the lane's targets in order, before the first byte only; raise the client's error."""
+    metrics = app[appkeys.METRICS]
+    failures: list[AttemptFailed] = []
+    try:
+        async with asyncio.timeout(runtime.config.limits.request_deadline_s):
+            for target in lane.targets(route, key):
+                if failures:
+                    metrics.fallbacks.labels(route.lane).inc()
+                record.attempts += 1
+                record.upstream = target.name
+                lane.begin(target)
+                try:
+                    answer = await attempt(app[appkeys.UPSTREAM], spec, target)
+                except AttemptFailed as failed:
+                    lane.end(target)
+                    lane.report(target, failed.result, failed.retry_after)
+                    metrics.attempts.labels(route.lane, target.name, failed.result).inc()
+                    if failed.result is AttemptResult.CLIENT_ERROR or target.byok_provider:
+                        raise failed.error from None
+                    failures.append(failed)
+                    continue
+                except BaseException:
+                    lane.end(target)
+                    raise
+                lane.report(target, AttemptResult.SUCCESS, None)
+                metrics.attempts.labels(route.lane, target.name, AttemptResult.SUCCESS).inc()
+                return answer
+    except TimeoutError as exc:
+        raise errors.UpstreamTimeoutError(f"no upstream answered {route.public_model} in time") from exc
+    raise exhausted(lane, route, failures)
+
+
+def exhausted(lane: Any, route: Route, failures: list[AttemptFailed]) -> errors.ProxyError:
+    """The error for a request whose every attempt failed; it names no account."""
+    limited = [f for f in failures if f.result is AttemptResult.RATE_LIMITED]
+    if isinstance(lane, CheapLane):
+        if failures and len(limited) == len(failures) or not failures:
+            waits = [f.retry_after for f in limited if f.retry_after is not None]
+            retry_after = min(waits) if waits else lane.soonest_retry_after(route)
+            if limited or retry_after is not None:
+                return errors.RateLimitedError(
+                    f"every Budget pool account for {route.public_model} is rate-limited; retry later",
+                    retry_after=retry_after or lane.pool.policy.cooldown_s,
+                )
+        return errors.NoHealthyUpstreamError(
+            f"no healthy Budget pool account could serve {route.public_model}"
+            + (f" ({len(failures)} attempts failed)" if failures else "")
+        )
+    if not failures:
+        return errors.NoHealthyUpstreamError(f"no upstream is configured for {route.public_model}")
+    return failures[-1].error
+
+
+async def answer_client(request: web.Request, answer: Answer, spec: AttemptSpec, record: RequestRecord,
+                        prompt_bytes: int) -> web.StreamResponse:
+    headers = scrub.client_response_headers(answer.headers, strict=answer.target.scrub)
+    if answer.relay is not None:
+        return await stream_answer(request, answer, headers, record, prompt_bytes)
+    assert answer.body is not None
+    parsed = _json(answer.body)
+    if spec.client_stream and spec.endpoint is Endpoint.RESPONSES:
+        if parsed is None or not isinstance(parsed.get("output"), list):
+            raise errors.UpstreamError("the upstream's Responses answer is not a valid response object")
+        record.usage = _usage(parsed, responses=True)
+        return await synthesized_stream(request, synthesize_response_events(parsed), headers, record)
+    if parsed is not None:
+        record.usage = _usage(parsed, responses=spec.endpoint is Endpoint.RESPONSES)
+    record.status = answer.status
+    record.ttfb_s = time.monotonic() - record.t0
+    return web.Response(body=answer.body, status=answer.status, headers=headers)
+
+
+def _json(raw: bytes) -> dict[str, Any] | None:
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _usage(obj: dict[str, Any], responses: bool) -> Usage:
+    usage = obj.get("usage")
+    if not isinstance(usage, dict):
+        return Usage()
+    if responses:
+        prompt, completion = usage.get("input_tokens"), usage.get("output_tokens")
+    else:
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    prompt = prompt if isinstance(prompt, int) else 0
+    completion = completion if isinstance(completion, int) else 0
+    total = usage.get("total_tokens")
+    return Usage(prompt, completion, total if isinstance(total, int) else prompt + completion)

@@ -1,0 +1,80 @@
+"""Relays an upstream SSE stream to the client event by event, as the upstream's own bytes.
+
+`StreamRelay` is sans-I/O (chunks in, bytes to forward out, usage and terminal state kept);
+`pump` is the only loop that touches sockets. Nothing here decides routing or retries.
+"""
+
+from __future__ import annotations
+
+from typing import Any, AsyncIterator
+
+import orjson
+from aiohttp import web
+
+from proxy import sse
+from proxy.types import Usage
+
+
+class StreamRelay:
+    def __init__(self, max_event_bytes: int, *, responses: bool, hide_usage_chunk: bool) -> None:
+        self.decoder = sse.Decoder(max_event_bytes)
+        self.responses = responses
+        self.hide_usage_chunk = hide_usage_chunk
+        self.usage: Usage | None = None
+        self.terminal = False
+        self.error: dict[str, Any] | None = None  # an upstream in-band error event, if one came
+        self.data_events = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Return the bytes of every event completed by `chunk` that the client should get."""
+        events = self.decoder.feed(chunk)
+        if not events:
+            return b""
+        out = []
+        for event in events:
+            if event.data is not None and not self._inspect(event):
+                continue
+            out.append(event.raw)
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def _inspect(self, event: sse.Event) -> bool:
+        """Track usage, errors and the end of the stream; False drops the event."""
+        self.data_events += 1
+        if sse.is_terminal(event, self.responses):
+            self.terminal = True
+        if self.responses:
+            usage = sse.responses_usage(event)
+        else:
+            usage = sse.chat_usage(event)
+            if usage is not None and self.hide_usage_chunk and sse.is_usage_only_chunk(event):
+                self.usage = usage
+                return False
+        if usage is not None:
+            self.usage = usage
+        error = sse.error_payload(event)
+        if error is not None:
+            self.error = error
+        return True
+
+    def estimated_usage(self, prompt_bytes: int) -> Usage:
+        """Used when the upstream reported none (e.g. the client left): about one token per event."""
+        completion = max(0, self.data_events - 1)
+        prompt = max(1, prompt_bytes // 4)
+        return Usage(prompt, completion, prompt + completion, estimated=True)
+
+
+def inband_error(message: str, code: str, *, responses: bool, sequence_number: int = 0) -> bytes:
+    """The last event of a stream that failed after its first byte (no [DONE] follows)."""
+    if responses:
+        payload = {"type": "error", "code": code, "message": message, "param": None, "sequence_number": sequence_number}
+        return sse.format_event(orjson.dumps(payload), event="error")
+    payload = {"error": {"message": message, "type": "api_error", "param": None, "code": code}}
+    return sse.format_event(orjson.dumps(payload))
+
+
+async def pump(chunks: AsyncIterator[bytes], relay: StreamRelay, response: web.StreamResponse) -> None:
+    """Forward every complete event as soon as it is complete; raises on upstream failure."""
+    async for chunk in chunks:
+        data = relay.feed(chunk)
+        if data:
+            await response.write(data)

@@ -1,0 +1,43 @@
+"""One generation of loaded config with everything derived from it once: routing table, lanes
+(with the pool's health), the BYOK master key and the strings to mask in upstream errors.
+
+A reload builds a new Runtime and swaps it in; requests keep the one they started with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from proxy.config import Config
+from proxy.crypto import MasterKey
+from proxy.lanes import LaneSet
+from proxy.routing import RoutingTable
+from proxy.types import Lane
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    config: Config
+    table: RoutingTable
+    lanes: LaneSet
+    master_key: MasterKey | None
+    operator_identifiers: tuple[str, ...]  # account/provider names and keys, masked in error text
+
+    @classmethod
+    def build(cls, config: Config) -> Runtime:
+        master = None
+        if config.byok_master_key is not None:
+            master = MasterKey.from_base64(config.byok_master_key.reveal(), config.byok_master_key_env)
+        identifiers: list[str] = []
+        for account in config.cheap_pool:
+            identifiers.append(account.name)
+            if account.api_key is not None:
+                identifiers.append(account.api_key.reveal())
+        for provider in config.providers.values():
+            if provider.api_key is not None:
+                identifiers.append(provider.api_key.reveal())
+        return cls(config, RoutingTable.from_config(config), LaneSet(config), master, tuple(identifiers))
+
+    def mask_for(self, lane: Lane) -> tuple[str, ...] | None:
+        """Operator lanes mask account identifiers in upstream errors; BYOK errors are the tenant's own."""
+        return None if lane is Lane.BYOK else self.operator_identifiers

@@ -1,0 +1,194 @@
+"""What may cross a lane boundary, both ways: request headers and body out, response headers and
+error text back. Pure functions over plain data; they never log and never see the network.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+from proxy.errors import StatefulRequestNotAllowedError
+from proxy.types import Secret
+
+# Names that would let a client retarget the upstream call or bring its own credentials. Beyond
+# the three of SPEC §4, the aliases are those a LiteLLM-style upstream honours from a request
+# body (its auth_utils ban list): a whole client router config, cloud credentials, endpoint overrides.
+FORBIDDEN_FIELDS = frozenset(
+    {
+        "api_base",
+        "base_url",
+        "api_key",
+        "user_config",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "aws_session_token",
+        "aws_bedrock_runtime_endpoint",
+        "aws_sts_endpoint",
+        "vertex_credentials",
+    }
+)
+
+_REQUEST_HEADERS_ANY_LANE = MappingProxyType({"accept": "Accept", "openai-beta": "OpenAI-Beta"})
+_REQUEST_HEADERS_NON_STRICT = MappingProxyType(
+    {**_REQUEST_HEADERS_ANY_LANE, "idempotency-key": "Idempotency-Key"}
+)
+
+_HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
+     "te", "trailer", "trailers", "transfer-encoding", "upgrade"}
+)
+# Describe the upstream's own connection or origin, not the body we relay: the gateway sets its own.
+_RESPONSE_TRANSPORT = frozenset(
+    {"content-length", "content-encoding", "date", "server", "set-cookie", "alt-svc",
+     "strict-transport-security"}
+)
+_UPSTREAM_REQUEST_ID = frozenset({"x-request-id", "request-id"})
+
+_STATEFUL_FIELDS = ("previous_response_id", "conversation")
+_END_USER_FIELDS = frozenset({"user", "metadata", "safety_identifier", "prompt_cache_key"})
+
+# Provider account identifiers: an id needs 16+ chars, or 6+ with a digit, so words like
+# "user-friendly" survive. Keys also swallow '*' so a half-masked "sk-ab***xyz9" leaks no tail.
+_ID_BODY = r"(?:[A-Za-z0-9]{16,}|(?=[A-Za-z0-9]*[0-9])[A-Za-z0-9]{6,})(?![A-Za-z0-9])"
+_IDENTIFIER_PATTERNS = (
+    (re.compile(r"\bsk-[A-Za-z0-9_*-]{8,}"), "sk-***"),
+    (re.compile(r"\borg-" + _ID_BODY), "org-***"),
+    (re.compile(r"\bproj_" + _ID_BODY), "proj_***"),
+    (re.compile(r"\buser-" + _ID_BODY), "user-***"),
+    (re.compile(r"\bacct_" + _ID_BODY), "acct_***"),
+)
+_MIN_LITERAL = 3  # shorter "secrets" identify nothing and would shred the message
+_ERROR_FIELDS = ("message", "type", "param", "code")
+
+
+def find_forbidden_field(body: Any, path: str = "") -> str | None:
+    """JSON path of the first key, at any depth, naming a forbidden field; None if there is none.
+
+    Each object's own keys are checked before anything nested in it, then children in document
+    order; iterative, so depth costs no recursion. Keys match case-insensitively with '-' read
+    as '_', so "API-Base" is caught too.
+    """
+    stack: list[tuple[Any, str]] = [(body, path)]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, dict):
+            children = []
+            for key, value in node.items():
+                child = f"{where}.{key}" if where else str(key)
+                if isinstance(key, str) and key.lower().replace("-", "_") in FORBIDDEN_FIELDS:
+                    return child
+                children.append((value, child))
+            stack.extend(reversed(children))
+        elif isinstance(node, list):
+            stack.extend(reversed([(item, f"{where}[{i}]") for i, item in enumerate(node)]))
+    return None
+
+
+def upstream_request_headers(client_headers: Mapping[str, str], *, strict: bool) -> dict[str, str]:
+    """Client headers that go upstream: an allow-list, nothing else.
+
+    Every lane: Accept, OpenAI-Beta (the SDK's feature opt-ins). Non-strict lanes also pass
+    Idempotency-Key; on the pool it is a client-chosen id that would follow the client across
+    accounts. Content-Type and Authorization are set by the upstream client, never copied. All
+    else is dropped: client IP headers (Forwarded, X-Forwarded-*, X-Real-IP), cookies, the
+    client's key (Authorization, api-key), OpenAI-Organization/-Project (the client's own
+    OpenAI account: meaningless to ours, and a leak), User-Agent, X-Stainless-* and any other
+    x-* header, and hop-by-hop headers.
+    """
+    allowed = _REQUEST_HEADERS_ANY_LANE if strict else _REQUEST_HEADERS_NON_STRICT
+    out: dict[str, str] = {}
+    for name, value in client_headers.items():
+        canonical = allowed.get(name.lower())
+        if canonical is not None:
+            out[canonical] = value
+    return out
+
+
+def scrub_request_body(body: dict[str, Any], *, strict: bool) -> dict[str, Any]:
+    """The body to send upstream. Non-strict lanes: `body` itself, untouched.
+
+    Strict (Budget pool): refuse previous_response_id / conversation (they would pin a client
+    to one pooled account), drop the end-user identifiers, force "store": false. Returns a new
+    dict; the input is not mutated.
+    """
+    if not strict:
+        return body
+    for field in _STATEFUL_FIELDS:
+        if body.get(field) is not None:
+            raise StatefulRequestNotAllowedError(
+                f"'{field}' is not supported on cheap/* models: requests there may be served by "
+                "different pooled accounts that keep no state between calls. Send the full "
+                "conversation in the request instead, or use a resale/* model.",
+                param=field,
+            )
+    scrubbed = {k: v for k, v in body.items() if k not in _END_USER_FIELDS}
+    scrubbed["store"] = False
+    return scrubbed
+
+
+def client_response_headers(upstream_headers: Mapping[str, str], *, strict: bool) -> dict[str, str]:
+    """Upstream response headers the client may see.
+
+    Strict: only Content-Type; everything else (organization, project, rate limits, request
+    ids, cookies, processing time, CDN ids) could identify the pooled account. Non-strict: all
+    but hop-by-hop headers (including any named in Connection) and the upstream's transport
+    and origin headers (content-length, content-encoding, date, server, set-cookie, alt-svc,
+    strict-transport-security); the upstream's X-Request-Id / Request-Id is renamed
+    X-Upstream-Request-Id so it never collides with the gateway's own request id.
+    """
+    if strict:
+        return {k: v for k, v in upstream_headers.items() if k.lower() == "content-type"}
+    named_by_connection = {
+        token.strip().lower()
+        for name, value in upstream_headers.items()
+        if name.lower() == "connection"
+        for token in value.split(",")
+    }
+    out: dict[str, str] = {}
+    for name, value in upstream_headers.items():
+        lower = name.lower()
+        if lower in _HOP_BY_HOP or lower in _RESPONSE_TRANSPORT or lower in named_by_connection:
+            continue
+        out["X-Upstream-Request-Id" if lower in _UPSTREAM_REQUEST_ID else name] = value
+    return out
+
+
+def mask_identifiers(text: str, secrets: Iterable[str | Secret] = ()) -> str:
+    """`text` with provider account identifiers and the given literals replaced.
+
+    Masks org-…, proj_…, user-…, acct_… ids and sk-… / sk-proj-… key-like strings (as
+    "org-***" etc.), and every given secret or account name (case-insensitive) as "***".
+    Literals are masked first, longest first, so a known key never leaves a partial tail.
+    """
+    literals = {s.reveal() if isinstance(s, Secret) else s for s in secrets}
+    for literal in sorted((s for s in literals if len(s) >= _MIN_LITERAL), key=len, reverse=True):
+        text = re.sub(re.escape(literal), "***", text, flags=re.IGNORECASE)
+    for pattern, replacement in _IDENTIFIER_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def mask_error_body(body: dict[str, Any], secrets: Iterable[str | Secret] = ()) -> dict[str, Any]:
+    """A new OpenAI error body holding only error.message/type/param/code, strings masked.
+
+    Other fields (provider metadata, raw upstream text) are dropped: they may name the account.
+    """
+    secrets = list(secrets)
+    error = body.get("error")
+    if isinstance(error, str):
+        error = {"message": error}
+    if not isinstance(error, dict):
+        error = {"message": "upstream error"}
+    masked: dict[str, Any] = {}
+    for field in _ERROR_FIELDS:
+        value = error.get(field)
+        if isinstance(value, str):
+            value = mask_identifiers(value, secrets)
+        elif not isinstance(value, (int, float)) or isinstance(value, bool):
+            value = None
+        masked[field] = value
+    if masked["message"] is None:
+        masked["message"] = "upstream error"
+    return {"error": masked}

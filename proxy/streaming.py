@@ -1,0 +1,85 @@
+"""Writing an SSE answer to the client: past `prepare()` there is no going back, so every failure
+here becomes one in-band error event and the stream is closed without `[DONE]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Mapping
+
+from aiohttp import web
+
+from proxy import appkeys
+from proxy.attempt import Answer
+from proxy.relay import inband_error, pump
+from proxy.sse import EventTooLarge
+from proxy.types import Outcome, RequestRecord
+from proxy.upstream import StreamBroken
+
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+CLIENT_GONE = (ConnectionResetError, ConnectionError)
+
+
+async def start_stream(request: web.Request, headers: Mapping[str, str], record: RequestRecord) -> web.StreamResponse:
+    response = web.StreamResponse(status=200, headers={**headers, **SSE_HEADERS})
+    await response.prepare(request)
+    record.status = 200
+    record.ttfb_s = time.monotonic() - record.t0
+    return response
+
+
+async def stream_answer(request: web.Request, answer: Answer, headers: Mapping[str, str], record: RequestRecord,
+                        prompt_bytes: int) -> web.StreamResponse:
+    relay, reply, chunks = answer.relay, answer.reply, answer.chunks
+    assert relay is not None and reply is not None and chunks is not None
+    lane = record.route.lane if record.route else "none"
+    metrics = request.app[appkeys.METRICS]
+    active = metrics.active_streams.labels(lane)
+    active.inc()
+    clean = False
+    try:
+        response = await start_stream(request, headers, record)
+        if answer.first:
+            await response.write(answer.first)
+        try:
+            await pump(chunks, relay, response)
+            if not relay.terminal:
+                raise StreamBroken("the upstream closed the stream before it was complete")
+            clean = True
+            record.outcome = Outcome.UPSTREAM_ERROR if relay.error is not None else Outcome.OK
+        except (StreamBroken, EventTooLarge) as exc:
+            timeout = isinstance(exc, StreamBroken) and exc.timeout
+            record.outcome = Outcome.UPSTREAM_TIMEOUT if timeout else Outcome.UPSTREAM_ERROR
+            reason = "idle_timeout" if timeout else ("event_too_large" if isinstance(exc, EventTooLarge) else "upstream_broke")
+            metrics.streams_interrupted.labels(lane, reason).inc()
+            metrics.inband_errors.labels(lane).inc()
+            message = exc.message if isinstance(exc, StreamBroken) else "an upstream stream event exceeded the size limit"
+            code = "upstream_timeout" if timeout else "upstream_error"
+            await response.write(inband_error(message, code, responses=relay.responses, sequence_number=relay.data_events))
+        await response.write_eof()
+        return response
+    except CLIENT_GONE:
+        record.outcome = Outcome.CLIENT_CANCELLED
+        metrics.client_disconnects.labels("streaming").inc()
+        return web.Response(status=499)  # never sent: the client is gone; keeps the handler contract
+    except asyncio.CancelledError:
+        record.outcome = Outcome.CLIENT_CANCELLED
+        metrics.client_disconnects.labels("streaming").inc()
+        raise
+    finally:
+        active.dec()
+        if clean:
+            reply.release()
+        else:
+            reply.close()  # a forced close: the upstream stops generating at once
+        record.usage = relay.usage if relay.usage is not None else relay.estimated_usage(prompt_bytes)
+
+
+async def synthesized_stream(request: web.Request, events: list[bytes], headers: Mapping[str, str],
+                             record: RequestRecord) -> web.StreamResponse:
+    """A Responses stream built from a final object (for upstreams that cannot stream it)."""
+    response = await start_stream(request, headers, record)
+    await response.write(b"".join(events))
+    await response.write_eof()
+    return response

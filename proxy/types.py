@@ -1,0 +1,135 @@
+"""Shared shapes passed between modules: lanes, routes, principals, usage, upstream targets.
+
+Only frozen data lives here; no I/O and no behaviour beyond trivial helpers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Lane(StrEnum):
+    CHEAP = "cheap"
+    RESALE = "resale"
+    BYOK = "byok"
+
+
+class Endpoint(StrEnum):
+    CHAT = "chat/completions"
+    COMPLETIONS = "completions"
+    RESPONSES = "responses"
+    EMBEDDINGS = "embeddings"
+
+
+class Outcome(StrEnum):
+    """How a request ended, as recorded in usage rows, logs and metrics."""
+
+    OK = "ok"
+    REJECTED = "rejected"  # refused by the gateway before any upstream call
+    UPSTREAM_ERROR = "upstream_error"  # upstream failed or answered an error
+    UPSTREAM_TIMEOUT = "upstream_timeout"
+    CLIENT_CANCELLED = "client_cancelled"  # the client went away
+    INTERRUPTED = "interrupted"  # in flight when the process died or the drain deadline hit
+
+
+class AttemptResult(StrEnum):
+    """What one upstream attempt did; drives pool health and failover."""
+
+    SUCCESS = "success"
+    RATE_LIMITED = "rate_limited"  # 429
+    SERVER_ERROR = "server_error"  # 5xx or garbage instead of an answer
+    CONNECT_ERROR = "connect_error"
+    TIMEOUT = "timeout"  # no headers / first event in time
+    AUTH_ERROR = "auth_error"  # 401/403 from the upstream
+    CLIENT_ERROR = "client_error"  # other 4xx: the request's fault, not retried
+
+
+class Secret:
+    """A secret value that never prints itself."""
+
+    __slots__ = ("_value", "source")
+
+    def __init__(self, value: str, source: str = "") -> None:
+        self._value = value
+        self.source = source  # where it came from, e.g. the env var name
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret({self.source or '***'})"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a public model ID points: lane, bare model name and (BYOK) provider."""
+
+    lane: Lane
+    public_model: str  # exactly what the client sent, e.g. "byok/openai/gpt-5.4"
+    model: str  # the name after the prefix, e.g. "gpt-5.4"
+    provider: str | None = None  # BYOK provider name
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated caller."""
+
+    workspace_id: int
+    workspace_name: str
+    key_id: str
+    byok_enabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTarget:
+    """One concrete upstream to try: endpoint, credentials and quirks."""
+
+    name: str  # configured upstream/account name: safe for metrics and usage rows
+    kind: str  # "http" or "mock"
+    base_url: str
+    api_key: Secret | None
+    model: str  # model name sent upstream
+    responses_stream: bool = True  # False: /v1/responses is always called non-stream
+    scrub: bool = False  # strict scrub (Budget pool)
+    byok_provider: str | None = None  # set for BYOK targets: auth failures are the tenant's key
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    estimated: bool = False
+
+    @property
+    def seen(self) -> bool:
+        return bool(self.prompt_tokens or self.completion_tokens or self.total_tokens)
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """Everything known about one request, filled in as it goes; becomes a usage row."""
+
+    request_id: str
+    started_at: float  # unix time
+    t0: float  # monotonic start, for durations
+    endpoint: Endpoint
+    stream: bool = False
+    principal: Principal | None = None
+    route: Route | None = None
+    upstream: str | None = None  # configured upstream name that served (or last tried)
+    status: int = 0
+    outcome: Outcome = Outcome.OK
+    usage: Usage = field(default_factory=Usage)
+    ttfb_s: float | None = None
+    duration_s: float | None = None
+    attempts: int = 0

@@ -1,0 +1,176 @@
+"""The only network client: one pooled ClientSession, one request per attempt, errors mapped once.
+
+aiohttp and timeout exceptions are translated here into UpstreamFailure (before a usable reply)
+or StreamBroken (while reading one); nothing above this module sees aiohttp's exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator, Mapping
+
+import aiohttp
+from aiohttp import hdrs
+
+from proxy.config import Limits
+from proxy.mock import MockProvider
+from proxy.types import AttemptResult, Endpoint, UpstreamTarget
+
+
+class UpstreamFailure(Exception):
+    """An attempt that produced no usable reply (connect error, timeout before headers)."""
+
+    def __init__(self, result: AttemptResult, message: str) -> None:
+        super().__init__(message)
+        self.result = result
+        self.message = message
+
+
+class StreamBroken(Exception):
+    """Reading an upstream reply failed after it had started."""
+
+    def __init__(self, message: str, timeout: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.timeout = timeout
+
+
+class IdleTimeout(Exception):
+    """Set on a reply's stream by the idle watchdog."""
+
+
+class Reply:
+    """An upstream answer whose status and headers have arrived; the body is read on demand."""
+
+    status: int
+    headers: Mapping[str, str]
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get(hdrs.CONTENT_TYPE, "").split(";", 1)[0].strip().lower()
+
+    async def read(self, limit: int) -> bytes:
+        raise NotImplementedError
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Drop the connection: used when the exchange did not end cleanly."""
+
+    def release(self) -> None:
+        """Return the connection to the pool after a complete exchange."""
+
+
+class HttpReply(Reply):
+    __slots__ = ("_resp", "status", "headers", "_idle_s", "_last_read", "_timer", "_loop")
+
+    def __init__(self, resp: aiohttp.ClientResponse, idle_s: float) -> None:
+        self._resp = resp
+        self.status = resp.status
+        self.headers = resp.headers
+        self._idle_s = idle_s
+        self._loop = asyncio.get_running_loop()
+        self._last_read = self._loop.time()
+        self._timer: asyncio.TimerHandle | None = None
+
+    # One timer per reply that re-arms itself, instead of a timer per chunk: the hot path only
+    # stores the time of the last read.
+    def _arm(self) -> None:
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._last_read + self._idle_s, self._check_idle)
+
+    def _check_idle(self) -> None:
+        self._timer = None
+        deadline = self._last_read + self._idle_s
+        if self._loop.time() >= deadline:
+            self._resp.content.set_exception(IdleTimeout())
+        else:
+            self._timer = self._loop.call_at(deadline, self._check_idle)
+
+    async def read(self, limit: int) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in self.chunks():
+            size += len(chunk)
+            if size > limit:
+                raise StreamBroken(f"upstream answer is larger than {limit} bytes")
+            parts.append(chunk)
+        return b"".join(parts)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        self._last_read = self._loop.time()
+        self._arm()
+        try:
+            async for chunk in self._resp.content.iter_any():
+                self._last_read = self._loop.time()
+                yield chunk
+        except IdleTimeout as exc:
+            raise StreamBroken(f"upstream sent nothing for {self._idle_s:g}s", timeout=True) from exc
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            raise StreamBroken(f"upstream connection broke: {type(exc).__name__}") from exc
+        finally:
+            self._disarm()
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def close(self) -> None:
+        self._disarm()
+        self._resp.close()
+
+    def release(self) -> None:
+        self._disarm()
+        self._resp.release()
+
+
+class UpstreamClient:
+    """Owns the shared ClientSession (created in the app's cleanup context)."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.mock = MockProvider()
+        self._session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self.limits.upstream_connections, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True
+        )
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.limits.connect_timeout_s)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=timeout, skip_auto_headers=(hdrs.USER_AGENT,), auto_decompress=True
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def send(
+        self, target: UpstreamTarget, endpoint: Endpoint, body: bytes, headers: Mapping[str, str], stream: bool
+    ) -> Reply:
+        """Send one attempt and wait for the status line and headers (first-byte timeout)."""
+        if target.kind == "mock":
+            return self.mock.reply(target, endpoint, body, stream)
+        assert self._session is not None, "UpstreamClient.open() was not called"
+        out = dict(headers)
+        out[hdrs.CONTENT_TYPE] = "application/json"
+        if target.api_key is not None:
+            out[hdrs.AUTHORIZATION] = "Bearer " + target.api_key.reveal()
+        if stream:
+            out[hdrs.ACCEPT_ENCODING] = "identity"  # a compressed stream could not be relayed event by event
+        url = f"{target.base_url}/{endpoint.value}"
+        try:
+            async with asyncio.timeout(self.limits.first_byte_timeout_s):
+                resp = await self._session.post(url, data=body, headers=out, allow_redirects=False)
+        except TimeoutError as exc:
+            raise UpstreamFailure(
+                AttemptResult.TIMEOUT, f"no answer within {self.limits.first_byte_timeout_s:g}s"
+            ) from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamFailure(AttemptResult.CONNECT_ERROR, "could not connect to the upstream") from exc
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            raise UpstreamFailure(AttemptResult.CONNECT_ERROR, f"upstream connection failed: {type(exc).__name__}") from exc
+        return HttpReply(resp, self.limits.idle_timeout_s)

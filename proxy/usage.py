@@ -1,0 +1,154 @@
+"""Usage recording off the request path: one writer task, group-committed batches.
+
+Never raises into a request: a failed write is counted, logged (no secrets) and reported
+as a False admission result; never holds rows past `stop()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass
+
+from proxy.store import Store
+from proxy.store_types import USAGE_IN_FLIGHT, UsageRow
+from proxy.types import RequestRecord
+
+log = logging.getLogger(__name__)
+
+BATCH_ROWS = 200
+MAX_PENDING = 50_000  # beyond this the store is not keeping up: drop and count, never grow without bound
+MAX_TOKENS = 2**62  # keeps absurd upstream counts inside SQLite's integer range
+MAX_TEXT = 256  # public model names come from clients
+
+
+def _count(value: int) -> int:
+    return min(max(int(value), 0), MAX_TOKENS)
+
+
+def _text(value: str | None) -> str | None:
+    return None if value is None else value[:MAX_TEXT]
+
+
+def usage_row(record: RequestRecord, *, admitted: bool) -> UsageRow:
+    """A snapshot of the record as a usage row (the record keeps changing after this)."""
+    principal, route, usage = record.principal, record.route, record.usage
+    return UsageRow(
+        request_id=record.request_id,
+        started_at=record.started_at,
+        workspace_id=principal.workspace_id if principal else None,
+        key_id=principal.key_id if principal else None,
+        lane=route.lane.value if route else None,
+        public_model=_text(route.public_model) if route else None,
+        upstream=_text(record.upstream),
+        endpoint=record.endpoint.value,
+        stream=record.stream,
+        status=record.status,
+        outcome=USAGE_IN_FLIGHT if admitted else record.outcome.value,
+        prompt_tokens=_count(usage.prompt_tokens),
+        completion_tokens=_count(usage.completion_tokens),
+        total_tokens=_count(usage.total_tokens),
+        tokens_estimated=usage.estimated,
+        ttfb_s=record.ttfb_s,
+        duration_s=record.duration_s,
+        attempts=_count(record.attempts),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    row: UsageRow
+    final: bool
+    committed: asyncio.Future[bool] | None
+
+
+class UsageRecorder:
+    """Queues usage rows and writes them with one task, one small transaction per batch.
+
+    Batching is group commit: the writer takes everything queued (up to BATCH_ROWS) as soon as
+    the previous transaction ends, so a quiet gateway adds no delay and a busy one writes
+    fewer, larger transactions. The store runs WAL with synchronous=NORMAL: a committed row
+    survives a killed process (not necessarily a power cut).
+    """
+
+    def __init__(self, store: Store, *, batch_rows: int = BATCH_ROWS, max_pending: int = MAX_PENDING) -> None:
+        self._store = store
+        self._batch_rows = batch_rows
+        self._max_pending = max_pending
+        self._queue: deque[_Item] = deque()
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self.write_failures = 0  # rows that could not be written (dropped)
+        self.rows_written = 0
+        self.interrupted_at_start = 0  # rows a previous process left in flight
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    async def start(self) -> None:
+        """Mark a previous process's in-flight rows `interrupted`, then start the writer."""
+        self.interrupted_at_start = await self._store.mark_interrupted_usage()
+        if self.interrupted_at_start:
+            log.warning("marked %d usage rows from a previous run as interrupted", self.interrupted_at_start)
+        self._closing = False
+        self._task = asyncio.create_task(self._run(), name="usage-writer")
+
+    async def stop(self) -> None:
+        """Write everything queued, then end the writer task."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    def admit(self, record: RequestRecord) -> asyncio.Future[bool]:
+        """Queue the admission row (outcome in_flight).
+
+        The future resolves True once the row is committed, False if it could not be written
+        (already counted and logged); it never raises.
+        """
+        committed: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Item(usage_row(record, admitted=True), False, committed))
+        return committed
+
+    def finish(self, record: RequestRecord) -> None:
+        """Queue the final row; an upsert by request id, so finishing twice is harmless."""
+        self._enqueue(_Item(usage_row(record, admitted=False), True, None))
+
+    def _enqueue(self, item: _Item) -> None:
+        running = self._task is not None and not self._task.done()
+        if not running or len(self._queue) >= self._max_pending:
+            self.write_failures += 1
+            log.error("usage row dropped (%s): %s", "queue full" if running else "recorder not running", item.row.request_id)
+            if item.committed is not None:
+                item.committed.set_result(False)
+            return
+        self._queue.append(item)
+        self._wakeup.set()
+
+    async def _run(self) -> None:
+        while self._queue or not self._closing:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch = [self._queue.popleft() for _ in range(min(self._batch_rows, len(self._queue)))]
+            await self._write(batch)
+
+    async def _write(self, batch: list[_Item]) -> None:
+        admitted = [i.row for i in batch if not i.final]
+        finished = [i.row for i in batch if i.final]
+        ok = False
+        try:
+            await self._store.write_usage(admitted, finished)
+            ok = True
+            self.rows_written += len(batch)
+        except Exception as exc:  # noqa: BLE001  reason: a failed write must never stop the writer or reach a request
+            self.write_failures += len(batch)
+            log.error("usage write failed, %d rows dropped: %s: %s", len(batch), type(exc).__name__, exc)
+        for item in batch:
+            if item.committed is not None and not item.committed.done():
+                item.committed.set_result(ok)

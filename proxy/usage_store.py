@@ -1,0 +1,84 @@
+"""SQL for usage rows: batched upserts, crash recovery and the summary query.
+
+Called only by store.Store, inside its transactions or on its read connection; no other
+module writes SQL for usage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import astuple
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import aiosqlite
+
+from proxy.store_types import USAGE_IN_FLIGHT, UsageRow, UsageTotal
+from proxy.types import Outcome
+
+if TYPE_CHECKING:  # only for annotations: store imports this module
+    from proxy.store import Store
+
+_COLUMNS = (
+    "request_id, started_at, workspace_id, key_id, lane, public_model, upstream, endpoint, stream, status, "
+    "outcome, prompt_tokens, completion_tokens, total_tokens, tokens_estimated, ttfb_s, duration_s, attempts"
+)
+_PLACEHOLDERS = ", ".join("?" for _ in _COLUMNS.split(", "))
+_UPDATES = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS.split(", ")[1:])
+_ADMIT = f"INSERT INTO usage ({_COLUMNS}) VALUES ({_PLACEHOLDERS}) ON CONFLICT (request_id) DO NOTHING"
+_FINISH = f"INSERT INTO usage ({_COLUMNS}) VALUES ({_PLACEHOLDERS}) ON CONFLICT (request_id) DO UPDATE SET {_UPDATES}"
+
+
+def _params(row: UsageRow) -> tuple[Any, ...]:
+    values = list(astuple(row))
+    values[8] = int(row.stream)
+    values[14] = int(row.tokens_estimated)
+    return tuple(values)
+
+
+async def touch_keys(db: aiosqlite.Connection, last_used: Mapping[str, float]) -> None:
+    await db.executemany(
+        "UPDATE api_keys SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)",
+        [(ts, key_id, ts) for key_id, ts in last_used.items()],
+    )
+
+
+async def write_rows(db: aiosqlite.Connection, admitted: Sequence[UsageRow], finished: Sequence[UsageRow]) -> None:
+    # Admissions first, then finals: a final row always wins, whatever order they were queued in.
+    if admitted:
+        await db.executemany(_ADMIT, [_params(r) for r in admitted])
+    if finished:
+        await db.executemany(_FINISH, [_params(r) for r in finished])
+    last_used: dict[str, float] = {}
+    for row in (*admitted, *finished):
+        if row.key_id is not None and row.started_at > last_used.get(row.key_id, 0.0):
+            last_used[row.key_id] = row.started_at
+    if last_used:
+        await touch_keys(db, last_used)
+
+
+async def mark_interrupted(db: aiosqlite.Connection) -> int:
+    sql = "UPDATE usage SET outcome = ? WHERE outcome = ?"
+    async with db.execute(sql, (Outcome.INTERRUPTED.value, USAGE_IN_FLIGHT)) as cursor:
+        return cursor.rowcount
+
+
+async def get_row(store: Store, request_id: str) -> UsageRow | None:
+    rows = await store.fetchall(f"SELECT {_COLUMNS} FROM usage WHERE request_id = ?", (request_id,))
+    if not rows:
+        return None
+    values = list(rows[0])
+    values[8] = bool(values[8])
+    values[14] = bool(values[14])
+    return UsageRow(*values)
+
+
+async def summary(store: Store, since: float | None, workspace: str | None) -> list[UsageTotal]:
+    sql = (
+        "SELECT w.name, u.lane, u.public_model, count(*), "
+        "sum(u.outcome NOT IN (?, ?)), "
+        "sum(u.prompt_tokens), sum(u.completion_tokens), sum(u.total_tokens), sum(u.tokens_estimated) "
+        "FROM usage u LEFT JOIN workspaces w ON w.id = u.workspace_id "
+        "WHERE u.started_at >= ? AND (? IS NULL OR w.name = ?) "
+        "GROUP BY w.name, u.lane, u.public_model ORDER BY w.name, u.lane, u.public_model"
+    )
+    params = (Outcome.OK.value, USAGE_IN_FLIGHT, since if since is not None else 0.0, workspace, workspace)
+    return [UsageTotal(*row) for row in await store.fetchall(sql, params)]

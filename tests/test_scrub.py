@@ -1,0 +1,329 @@
+"""Lane boundary scrub: headers and body out, headers and error text back."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from multidict import CIMultiDict
+
+from proxy.errors import StatefulRequestNotAllowedError
+from proxy.scrub import (
+    FORBIDDEN_FIELDS,
+    client_response_headers,
+    find_forbidden_field,
+    mask_error_body,
+    mask_identifiers,
+    scrub_request_body,
+    upstream_request_headers,
+)
+from proxy.types import Secret
+
+HOSTILE_CLIENT_HEADERS = [
+    ("Host", "gateway.example"),
+    ("Content-Type", "application/json"),
+    ("Content-Length", "123"),
+    ("Accept", "text/event-stream"),
+    ("Accept-Encoding", "gzip, br"),
+    ("OpenAI-Beta", "responses=v1"),
+    ("Idempotency-Key", "client-chosen-1"),
+    ("X-Forwarded-For", "203.0.113.7"),
+    ("X-Forwarded-Host", "client.example"),
+    ("Forwarded", "for=203.0.113.7"),
+    ("X-Real-IP", "203.0.113.7"),
+    ("Cookie", "session=abc"),
+    ("OpenAI-Organization", "org-client123456"),
+    ("OpenAI-Project", "proj_client123456"),
+    ("User-Agent", "OpenAI/Python 1.99.0"),
+    ("X-Stainless-Lang", "python"),
+    ("X-Custom", "anything"),
+    ("Authorization", "Bearer okm-workspace-key"),
+    ("api-key", "okm-workspace-key"),
+    ("Connection", "keep-alive, X-Custom"),
+    ("Keep-Alive", "timeout=5"),
+    ("Transfer-Encoding", "chunked"),
+    ("Upgrade", "h2c"),
+    ("Proxy-Authorization", "Basic abc"),
+    ("TE", "trailers"),
+]
+
+
+@pytest.mark.parametrize(
+    ("strict", "expected"),
+    [
+        (True, {"Accept": "text/event-stream", "OpenAI-Beta": "responses=v1"}),
+        (
+            False,
+            {"Accept": "text/event-stream", "OpenAI-Beta": "responses=v1", "Idempotency-Key": "client-chosen-1"},
+        ),
+    ],
+)
+@pytest.mark.parametrize("container", [dict, CIMultiDict], ids=["dict", "multidict"])
+def test_request_headers_pass_by_allow_list_only(strict, expected, container):
+    assert upstream_request_headers(container(HOSTILE_CLIENT_HEADERS), strict=strict) == expected
+
+
+def test_request_header_names_match_case_insensitively():
+    headers = {"accept": "application/json", "OPENAI-BETA": "assistants=v2", "idempotency-key": "k"}
+    assert upstream_request_headers(headers, strict=False) == {
+        "Accept": "application/json",
+        "OpenAI-Beta": "assistants=v2",
+        "Idempotency-Key": "k",
+    }
+    assert upstream_request_headers({}, strict=True) == {}
+
+
+CHAT_BODY = {
+    "model": "gpt-5.4",
+    "messages": [{"role": "user", "content": "hi", "name": "alice"}],
+    "stream": True,
+    "stream_options": {"include_usage": True},
+    "user": "end-user-42",
+    "metadata": {"customer": "acme"},
+    "safety_identifier": "hash-of-user",
+    "prompt_cache_key": "tenant-acme",
+    "store": True,
+    "temperature": 0.2,
+}
+RESPONSES_BODY = {
+    "model": "gpt-5.4",
+    "input": [{"role": "user", "content": "hi"}],
+    "instructions": "be brief",
+    "user": "end-user-42",
+    "metadata": {"k": "v"},
+    "previous_response_id": None,
+    "conversation": None,
+}
+EMBEDDINGS_BODY = {"model": "emb", "input": ["a", "b"], "user": "u"}
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            CHAT_BODY,
+            {
+                "model": "gpt-5.4",
+                "messages": [{"role": "user", "content": "hi", "name": "alice"}],
+                "stream": True,
+                "stream_options": {"include_usage": True},
+                "store": False,
+                "temperature": 0.2,
+            },
+        ),
+        (
+            RESPONSES_BODY,
+            {
+                "model": "gpt-5.4",
+                "input": [{"role": "user", "content": "hi"}],
+                "instructions": "be brief",
+                "previous_response_id": None,
+                "conversation": None,
+                "store": False,
+            },
+        ),
+        (EMBEDDINGS_BODY, {"model": "emb", "input": ["a", "b"], "store": False}),
+        ({"model": "m", "store": False}, {"model": "m", "store": False}),
+    ],
+    ids=["chat", "responses", "embeddings", "already-clean"],
+)
+def test_strict_body_scrub_drops_end_user_fields_and_forces_store_false(body, expected):
+    original = copy.deepcopy(body)
+    assert scrub_request_body(body, strict=True) == expected
+    assert body == original  # input untouched
+
+
+@pytest.mark.parametrize("body", [CHAT_BODY, RESPONSES_BODY, {"previous_response_id": "resp_1"}])
+def test_non_strict_body_is_returned_unchanged(body):
+    original = copy.deepcopy(body)
+    assert scrub_request_body(body, strict=False) is body
+    assert body == original
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"previous_response_id": "resp_abc"}, "previous_response_id"),
+        ({"previous_response_id": ""}, "previous_response_id"),
+        ({"conversation": "conv_123"}, "conversation"),
+        ({"conversation": {"id": "conv_123"}}, "conversation"),
+        ({"previous_response_id": "resp_1", "conversation": "conv_1"}, "previous_response_id"),
+    ],
+)
+def test_stateful_fields_are_refused_on_strict_lane_naming_the_field(extra, field):
+    with pytest.raises(StatefulRequestNotAllowedError) as info:
+        scrub_request_body({**RESPONSES_BODY, **extra}, strict=True)
+    err = info.value
+    assert (err.status, err.code, err.param) == (400, "stateful_request_not_allowed", field)
+    body = err.to_openai_body()["error"]
+    assert field in body["message"] and "cheap/" in body["message"] and "resale/" in body["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "path", "expected"),
+    [
+        ({"model": "m", "base_url": "http://evil"}, "", "base_url"),
+        ({"model": "m", "api_base": "http://evil"}, "", "api_base"),
+        ({"messages": [{"role": "user", "content": "hi", "api_key": "k"}]}, "", "messages[0].api_key"),
+        ({"a": [[{"b": {"API_BASE": 1}}]]}, "", "a[0][0].b.API_BASE"),
+        ({"extra_body": {"api-key": "x"}}, "", "extra_body.api-key"),
+        ({"user_config": {"model_list": []}}, "", "user_config"),
+        ({"metadata": {"aws_secret_access_key": "x"}}, "", "metadata.aws_secret_access_key"),
+        ({"x": {"api_key": 1}, "base_url": 2}, "", "base_url"),  # an object's own keys first
+        ({"x": {"api_key": 1}, "y": {"base_url": 2}}, "", "x.api_key"),  # then in document order
+        ({"tools": [{"function": {"parameters": {"properties": {"base_url": {}}}}}]}, "",
+         "tools[0].function.parameters.properties.base_url"),
+        ({"api_key": None}, "body", "body.api_key"),
+        ({"messages": [{"content": "please set base_url and api_key"}]}, "", None),  # values are not keys
+        ({"model": "m", "input": [1, "api_key", [None, {"ok": True}]]}, "", None),
+        ("api_key", "", None),
+        ([{"a": 1}, {"b": [{"base_url": 1}]}], "", "[1].b[0].base_url"),
+        (None, "", None),
+    ],
+)
+def test_find_forbidden_field_at_any_depth(body, path, expected):
+    assert find_forbidden_field(body, path) == expected
+
+
+def test_find_forbidden_field_handles_deep_nesting_without_recursion():
+    body: object = {"base_url": "x"}
+    for _ in range(5000):
+        body = {"n": [body]}
+    assert find_forbidden_field(body) == ".".join(["n[0]"] * 5000) + ".base_url"
+    assert find_forbidden_field({"n": [{}] * 10000}) is None
+
+
+def test_forbidden_fields_include_the_spec_three():
+    assert {"api_base", "base_url", "api_key"} <= FORBIDDEN_FIELDS
+
+
+UPSTREAM_HEADERS = [
+    ("Content-Type", "text/event-stream; charset=utf-8"),
+    ("Content-Length", "999"),
+    ("Content-Encoding", "gzip"),
+    ("Date", "Mon, 01 Jan 2024 00:00:00 GMT"),
+    ("Server", "cloudflare"),
+    ("Set-Cookie", "__cf_bm=abc; path=/"),
+    ("Connection", "keep-alive, X-Hop"),
+    ("X-Hop", "1"),
+    ("Keep-Alive", "timeout=5"),
+    ("Transfer-Encoding", "chunked"),
+    ("Alt-Svc", 'h3=":443"'),
+    ("Strict-Transport-Security", "max-age=31536000"),
+    ("OpenAI-Organization", "org-operator"),
+    ("OpenAI-Project", "proj_operator"),
+    ("OpenAI-Processing-Ms", "321"),
+    ("OpenAI-Version", "2020-10-01"),
+    ("X-Request-Id", "req_abc"),
+    ("CF-Ray", "8a1b2c3d4e5f-FRA"),
+    ("X-RateLimit-Remaining-Requests", "99"),
+    ("anthropic-ratelimit-tokens-remaining", "1000"),
+    ("Retry-After", "3"),
+]
+
+
+@pytest.mark.parametrize(
+    ("strict", "expected"),
+    [
+        (True, {"Content-Type": "text/event-stream; charset=utf-8"}),
+        (
+            False,
+            {
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "OpenAI-Organization": "org-operator",
+                "OpenAI-Project": "proj_operator",
+                "OpenAI-Processing-Ms": "321",
+                "OpenAI-Version": "2020-10-01",
+                "X-Upstream-Request-Id": "req_abc",
+                "CF-Ray": "8a1b2c3d4e5f-FRA",
+                "X-RateLimit-Remaining-Requests": "99",
+                "anthropic-ratelimit-tokens-remaining": "1000",
+                "Retry-After": "3",
+            },
+        ),
+    ],
+)
+@pytest.mark.parametrize("container", [dict, CIMultiDict], ids=["dict", "multidict"])
+def test_client_response_headers(strict, expected, container):
+    assert client_response_headers(container(UPSTREAM_HEADERS), strict=strict) == expected
+
+
+def test_anthropic_style_request_id_is_renamed_too():
+    assert client_response_headers({"request-id": "req_1"}, strict=False) == {"X-Upstream-Request-Id": "req_1"}
+
+
+@pytest.mark.parametrize(
+    ("text", "secrets", "expected"),
+    [
+        (
+            "Incorrect API key provided: sk-proj-ab12****************************xyz9. You can find your key.",
+            (),
+            "Incorrect API key provided: sk-***. You can find your key.",
+        ),
+        ("key sk-ant-api03-AbCdEfGh_1234-5678 rejected", (), "key sk-*** rejected"),
+        (
+            "Rate limit reached for gpt-4 in organization org-AbCdEf1234567890GhIjKlMn on tokens per min.",
+            (),
+            "Rate limit reached for gpt-4 in organization org-*** on tokens per min.",
+        ),
+        ("project proj_AbC123dEf456gHi789 has no access", (), "project proj_*** has no access"),
+        ("user-Ab12Cd34Ef56Gh78Ij90Kl12 is over quota", (), "user-*** is over quota"),
+        ("billing account acct_1Q2w3E4r5T is past due", (), "billing account acct_*** is past due"),
+        ("(org-abc123)", (), "(org-***)"),
+        # ordinary words survive
+        ("a user-friendly org-chart for risk-assessment12345 and task-runner", (), None),
+        ("account pool-a failed", ("pool-a",), "account *** failed"),
+        ("account POOL-A failed", ("pool-a",), "account *** failed"),
+        ("bad key abcdefghijklmnop", (Secret("abcdefghijklmnop", "POOL_A_KEY"),), "bad key ***"),
+        ("key okm-secret-xyz and okm-secret", ("okm-secret", "okm-secret-xyz"), "key *** and ***"),
+        ("a cat", ("a", ""), None),  # too short to identify anything
+        ("", ("pool-a",), ""),
+    ],
+)
+def test_mask_identifiers(text, secrets, expected):
+    assert mask_identifiers(text, secrets) == (text if expected is None else expected)
+
+
+def test_mask_error_body_keeps_only_the_openai_fields_masked():
+    body = {
+        "error": {
+            "message": "You exceeded your quota for org-AbCdEf1234567890GhIjKlMn on account pool-a.",
+            "type": "insufficient_quota",
+            "param": None,
+            "code": "insufficient_quota",
+            "metadata": {"raw": "org-AbCdEf1234567890GhIjKlMn"},
+        },
+        "provider": "pool-a",
+    }
+    original = copy.deepcopy(body)
+    assert mask_error_body(body, ["pool-a"]) == {
+        "error": {
+            "message": "You exceeded your quota for org-*** on account ***.",
+            "type": "insufficient_quota",
+            "param": None,
+            "code": "insufficient_quota",
+        }
+    }
+    assert body == original
+
+
+@pytest.mark.parametrize(
+    ("body", "expected_error"),
+    [
+        (
+            {"error": {"message": "m", "type": "t", "param": "user-AbCdEfGh12345678", "code": 429}},
+            {"message": "m", "type": "t", "param": "user-***", "code": 429},
+        ),
+        (
+            {"error": "proj_AbC123dEf456gHi789 not found"},
+            {"message": "proj_*** not found", "type": None, "param": None, "code": None},
+        ),
+        ({"detail": "x"}, {"message": "upstream error", "type": None, "param": None, "code": None}),
+        (
+            {"error": {"message": None, "code": {"nested": "x"}, "param": True}},
+            {"message": "upstream error", "type": None, "param": None, "code": None},
+        ),
+    ],
+)
+def test_mask_error_body_odd_shapes(body, expected_error):
+    assert mask_error_body(body) == {"error": expected_error}
