@@ -42,8 +42,7 @@ class ConflictError(ProxyError):
 
 
 def _config(app: web.Application) -> Config:
-    config = app.get(appkeys.CONFIG)  # swapped on reload: read per request
-    return config if config is not None else app[appkeys.RUNTIME].config
+    return app[appkeys.STATE].runtime.config  # swapped on reload: read per request
 
 
 def _check_token(request: web.Request) -> None:
@@ -225,7 +224,7 @@ async def usage(request: web.Request) -> web.StreamResponse:
 
 
 def setup_admin_routes(app: web.Application) -> None:
-    """Add every /admin/ route; handlers read STORE, AUTH and CONFIG (or RUNTIME) from the app."""
+    """Add every /admin/ route; handlers read STORE, AUTH and STATE (its runtime.config) from the app."""
     routes = [
         (hdrs.METH_GET, "/admin/workspaces", list_workspaces),
         (hdrs.METH_POST, "/admin/workspaces", create_workspace),

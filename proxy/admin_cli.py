@@ -109,10 +109,9 @@ def _limit(text: str) -> int | None:
 
 @_handled
 async def workspace_limits(args: argparse.Namespace, config: Config) -> int:
-    rpm = KEEP if args.rpm is KEEP else args.rpm
-    streams = KEEP if args.streams is KEEP else args.streams
     async with _store(config) as store:
-        print(_workspace_line(await store.set_workspace_limits(args.name, rpm_limit=rpm, stream_limit=streams)))
+        workspace = await store.set_workspace_limits(args.name, rpm_limit=args.rpm, stream_limit=args.streams)
+    print(_workspace_line(workspace))
     return 0
 
 

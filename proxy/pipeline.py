@@ -49,7 +49,9 @@ async def proxy_request(request: web.Request, endpoint: Endpoint) -> web.StreamR
         key = await workspace_key(app[appkeys.STORE], runtime.master_key, principal, route.provider or "")
     spec = AttemptSpec(
         endpoint=endpoint,
-        data=scrub.scrub_request_body(body.data, strict=lane.scrub),
+        data=scrub.scrub_request_body(
+            body.data, strict=lane.scrub, sets_store=endpoint in (Endpoint.CHAT, Endpoint.RESPONSES)
+        ),
         headers=scrub.upstream_request_headers(request.headers, strict=lane.scrub),
         client_stream=body.stream,
         first_byte_timeout_s=limits.first_byte_timeout_s,

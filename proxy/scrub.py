@@ -66,14 +66,54 @@ _ERROR_FIELDS = ("message", "type", "param", "code")
 def find_forbidden_field(body: Any, path: str = "") -> str | None:
     """JSON path of the first key, at any depth, naming a forbidden field; None if there is none.
 
-    Each object's own keys are checked before anything nested in it, then children in document
-    order; iterative, so depth costs no recursion. Keys match case-insensitively with '-' read
-    as '_', so "API-Base" is caught too.
+    Keys match case-insensitively with '-' read as '_', so "API-Base" is caught too. JSON Schema
+    subtrees (tool parameters, structured-output schemas) are skipped: a property named
+    `api_key` there describes the client's own tool, it sets nothing. The fast pass builds no
+    paths; the path is worked out only for a body that is refused.
     """
+    exempt = _schema_subtrees(body)
+    stack: list[Any] = [body]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if id(node) in exempt:
+                continue
+            for key, value in node.items():
+                if isinstance(key, str) and key.lower().replace("-", "_") in FORBIDDEN_FIELDS:
+                    return _path_of(body, path, exempt)
+                if isinstance(value, (dict, list)):
+                    stack.append(value)
+        elif isinstance(node, list):
+            stack.extend(item for item in node if isinstance(item, (dict, list)))
+    return None
+
+
+def _schema_subtrees(body: Any) -> set[int]:
+    """ids of the JSON Schema objects in a request: tools[].function.parameters, tools[].parameters,
+    tools[].input_schema, response_format.json_schema.schema, text.format.schema."""
+    if not isinstance(body, dict):
+        return set()
+    found: list[Any] = []
+    for tool in body.get("tools") or ():
+        if isinstance(tool, dict):
+            function = tool.get("function")
+            if isinstance(function, dict):
+                found.append(function.get("parameters"))
+            found += [tool.get("parameters"), tool.get("input_schema")]
+    for outer, inner in (("response_format", "json_schema"), ("text", "format")):
+        holder = body.get(outer)
+        holder = holder.get(inner) if isinstance(holder, dict) else None
+        if isinstance(holder, dict):
+            found.append(holder.get("schema"))
+    return {id(node) for node in found if isinstance(node, dict)}
+
+
+def _path_of(body: Any, path: str, exempt: set[int]) -> str | None:
+    """The same search as find_forbidden_field, document order, building the JSON path."""
     stack: list[tuple[Any, str]] = [(body, path)]
     while stack:
         node, where = stack.pop()
-        if isinstance(node, dict):
+        if isinstance(node, dict) and id(node) not in exempt:
             children = []
             for key, value in node.items():
                 child = f"{where}.{key}" if where else str(key)
@@ -106,12 +146,14 @@ def upstream_request_headers(client_headers: Mapping[str, str], *, strict: bool)
     return out
 
 
-def scrub_request_body(body: dict[str, Any], *, strict: bool) -> dict[str, Any]:
+def scrub_request_body(body: dict[str, Any], *, strict: bool, sets_store: bool = True) -> dict[str, Any]:
     """The body to send upstream. Non-strict lanes: `body` itself, untouched.
 
     Strict (Budget pool): refuse previous_response_id / conversation (they would pin a client
-    to one pooled account), drop the end-user identifiers, force "store": false. Returns a new
-    dict; the input is not mutated.
+    to one pooled account), drop the end-user identifiers, force "store": false where the
+    endpoint has a `store` parameter (`sets_store`; embeddings and legacy completions have none
+    and would reject it, so there a client's `store` is only dropped). Returns a new dict; the
+    input is not mutated.
     """
     if not strict:
         return body
@@ -123,8 +165,9 @@ def scrub_request_body(body: dict[str, Any], *, strict: bool) -> dict[str, Any]:
                 "conversation in the request instead, or use a resale/* model.",
                 param=field,
             )
-    scrubbed = {k: v for k, v in body.items() if k not in _END_USER_FIELDS}
-    scrubbed["store"] = False
+    scrubbed = {k: v for k, v in body.items() if k not in _END_USER_FIELDS and k != "store"}
+    if sets_store:
+        scrubbed["store"] = False
     return scrubbed
 
 

@@ -118,7 +118,7 @@ class Store:
         async with self._write_lock:
             try:
                 await self._writer.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, ValueError) as exc:  # aiosqlite: ValueError once closed
                 raise StoreUnavailable(f"cannot write to the store: {exc}") from exc
             try:
                 yield self._writer
@@ -133,7 +133,7 @@ class Store:
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         try:
             return list(await self._reader.execute_fetchall(sql, params))
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, ValueError) as exc:  # aiosqlite: ValueError once closed
             raise StoreUnavailable(f"cannot read the store: {exc}") from exc
 
     async def _one(self, sql: str, params: Sequence[Any]) -> Any | None:

@@ -171,8 +171,13 @@ def test_stateful_fields_are_refused_on_strict_lane_naming_the_field(extra, fiel
         ({"metadata": {"aws_secret_access_key": "x"}}, "", "metadata.aws_secret_access_key"),
         ({"x": {"api_key": 1}, "base_url": 2}, "", "base_url"),  # an object's own keys first
         ({"x": {"api_key": 1}, "y": {"base_url": 2}}, "", "x.api_key"),  # then in document order
-        ({"tools": [{"function": {"parameters": {"properties": {"base_url": {}}}}}]}, "",
-         "tools[0].function.parameters.properties.base_url"),
+        # JSON Schema subtrees describe the client's own tools and outputs: not refused
+        ({"tools": [{"function": {"parameters": {"properties": {"base_url": {}}}}}]}, "", None),
+        ({"tools": [{"type": "function", "parameters": {"properties": {"api_key": {}}}}]}, "", None),
+        ({"response_format": {"json_schema": {"schema": {"properties": {"api_key": {}}}}}}, "", None),
+        ({"text": {"format": {"schema": {"properties": {"base_url": {}}}}}}, "", None),
+        # ... but the same names anywhere else in a tool still are
+        ({"tools": [{"function": {"name": "f", "api_base": "http://x"}}]}, "", "tools[0].function.api_base"),
         ({"api_key": None}, "body", "body.api_key"),
         ({"messages": [{"content": "please set base_url and api_key"}]}, "", None),  # values are not keys
         ({"model": "m", "input": [1, "api_key", [None, {"ok": True}]]}, "", None),

@@ -1,0 +1,209 @@
+"""Usage recording on a real SQLite file: durability of admissions, idempotent finishes,
+crash recovery, batching under concurrency, and write failures kept off the request path."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from proxy.store import Store
+from proxy.store_types import USAGE_IN_FLIGHT, WorkspaceNotFound
+from proxy.types import Endpoint, Lane, Outcome, Principal, RequestRecord, Route, Secret, Usage
+from proxy.usage import UsageRecorder
+
+ROOT = Path(__file__).resolve().parents[1]
+PEPPER = Secret("test-pepper")
+
+
+def _sql(path, query):
+    with sqlite3.connect(path) as db:
+        return db.execute(query).fetchall()
+
+
+@pytest.fixture
+async def env(tmp_path):
+    store = await Store.open(tmp_path / "okm.sqlite3")
+    ws = await store.create_workspace("acme")
+    api_key, _ = await store.create_api_key("acme", PEPPER)
+    recorder = UsageRecorder(store)
+    await recorder.start()
+    principal = Principal(ws.id, ws.name, api_key.id, False)
+    yield store, recorder, principal
+    await recorder.stop()
+    await store.close()
+
+
+def _record(principal, request_id="req-1", lane=Lane.CHEAP, model="gpt-5.4", started_at=None):
+    return RequestRecord(
+        request_id, started_at or time.time(), time.monotonic(), Endpoint.CHAT, stream=True, principal=principal,
+        route=Route(lane, f"{lane.value}/{model}", model), upstream="pool-a",
+    )
+
+
+def _finished(record, prompt=10, completion=5, outcome=Outcome.OK, status=200):
+    record.status, record.outcome = status, outcome
+    record.usage = Usage(prompt, completion, prompt + completion, estimated=False)
+    record.ttfb_s, record.duration_s, record.attempts = 0.05, 0.4, 1
+    return record
+
+
+async def test_admission_is_durable_when_its_future_resolves(env):
+    store, recorder, principal = env
+    record = _record(principal)
+    assert await recorder.admit(record) is True
+    rows = _sql(store.path, "SELECT request_id, outcome, status FROM usage")  # a separate connection
+    assert rows == [("req-1", USAGE_IN_FLIGHT, 0)]
+    recorder.finish(_finished(record))
+    await recorder.stop()
+    row = await store.get_usage("req-1")
+    assert (row.outcome, row.status, row.prompt_tokens, row.completion_tokens, row.total_tokens) == ("ok", 200, 10, 5, 15)
+    assert (row.workspace_id, row.key_id, row.lane, row.public_model, row.upstream) == (
+        principal.workspace_id, principal.key_id, "cheap", "cheap/gpt-5.4", "pool-a")
+    assert (row.endpoint, row.stream, row.tokens_estimated, row.ttfb_s, row.duration_s) == ("chat/completions", True, False, 0.05, 0.4)
+    keys = await store.list_api_keys("acme")
+    assert keys[0].last_used_at == pytest.approx(record.started_at)
+
+
+async def test_finish_is_idempotent_and_wins_over_a_late_admission(env):
+    store, recorder, principal = env
+    record = _record(principal)
+    recorder.finish(_finished(record, prompt=1, completion=1))
+    recorder.finish(_finished(record, prompt=7, completion=3))
+    assert await recorder.admit(record) is True  # late admission must not reset the final row
+    await recorder.stop()
+    row = await store.get_usage("req-1")
+    assert (row.outcome, row.total_tokens) == ("ok", 10)
+    assert _sql(store.path, "SELECT count(*) FROM usage") == [(1,)]
+
+
+async def test_stop_flushes_everything_queued(env):
+    store, recorder, principal = env
+    for i in range(450):
+        recorder.finish(_finished(_record(principal, f"req-{i}")))
+    await recorder.stop()
+    assert _sql(store.path, "SELECT count(*), sum(total_tokens) FROM usage") == [(450, 450 * 15)]
+    assert recorder.write_failures == 0
+    assert recorder.admit(_record(principal, "late")).result() is False  # after stop: refused, counted
+    assert recorder.write_failures == 1
+
+
+async def test_500_concurrent_requests_with_another_writer_and_no_database_locked(env, tmp_path, caplog):
+    store, recorder, principal = env
+    cli = await Store.open(store.path)  # another process writing at the same time
+
+    async def request(i):
+        record = _record(principal, f"req-{i}", lane=(Lane.CHEAP, Lane.RESALE)[i % 2])
+        assert await recorder.admit(record) is True
+        await asyncio.sleep(0)
+        recorder.finish(_finished(record, prompt=i, completion=1))
+
+    async def operator():
+        for i in range(30):
+            await cli.create_workspace(f"other{i}")
+            await cli.create_api_key(f"other{i}", PEPPER)
+
+    with caplog.at_level(logging.WARNING):
+        await asyncio.gather(operator(), *(request(i) for i in range(500)))
+        await recorder.stop()
+    await cli.close()
+    assert recorder.write_failures == 0
+    assert "locked" not in caplog.text
+    assert _sql(store.path, "SELECT count(*), sum(prompt_tokens), sum(outcome = 'ok') FROM usage") == [
+        (500, sum(range(500)), 500)
+    ]
+    assert _sql(store.path, "PRAGMA integrity_check") == [("ok",)]
+
+
+async def test_write_failures_are_counted_and_never_raise(env, caplog):
+    store, recorder, principal = env
+    pages = _sql(store.path, "PRAGMA page_count")[0][0]
+    async with store.transaction() as db:  # the writer connection may not grow: "disk full"
+        await db.execute(f"PRAGMA max_page_count = {pages}")
+    long_model = "m" * 250
+    with caplog.at_level(logging.ERROR):
+        results = await asyncio.gather(
+            *(recorder.admit(_record(principal, f"full-{i}", model=long_model)) for i in range(400))
+        )
+    assert False in results
+    assert recorder.write_failures == results.count(False) > 0
+    assert "usage write failed" in caplog.text and "full" in caplog.text
+    async with store.transaction() as db:
+        await db.execute("PRAGMA max_page_count = 1073741823")
+    assert await recorder.admit(_record(principal, "after")) is True  # the writer survived
+
+
+async def test_in_flight_rows_become_interrupted_after_a_kill(tmp_path):
+    path = tmp_path / "okm.sqlite3"
+    script = textwrap.dedent(f"""
+        import asyncio, time
+        from proxy.store import Store
+        from proxy.usage import UsageRecorder
+        from proxy.types import Endpoint, Lane, Principal, RequestRecord, Route
+
+        async def main():
+            store = await Store.open({str(path)!r})
+            ws = await store.create_workspace("acme")
+            recorder = UsageRecorder(store)
+            await recorder.start()
+            principal = Principal(ws.id, ws.name, "k", False)
+            route = Route(Lane.RESALE, "resale/gpt-5.4", "gpt-5.4")
+            record = RequestRecord("req-killed", time.time(), time.monotonic(), Endpoint.CHAT, principal=principal, route=route)
+            assert await recorder.admit(record)
+            print("admitted", flush=True)
+            await asyncio.sleep(60)
+
+        asyncio.run(main())
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "admitted"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    store = await Store.open(path)
+    recorder = UsageRecorder(store)
+    try:
+        await recorder.start()
+        assert recorder.interrupted_at_start == 1
+        row = await store.get_usage("req-killed")
+        assert (row.outcome, row.lane, row.public_model) == ("interrupted", "resale", "resale/gpt-5.4")
+    finally:
+        await recorder.stop()
+        await store.close()
+    assert _sql(path, "PRAGMA integrity_check") == [("ok",)]
+
+
+async def test_summary_per_workspace_lane_and_model(env):
+    store, recorder, principal = env
+    old = time.time() - 10 * 86400
+    beta = await store.create_workspace("beta")
+    other = Principal(beta.id, "beta", "k2", False)
+    rows = [
+        _finished(_record(principal, "a1", Lane.CHEAP, "gpt-5.4"), 10, 5),
+        _finished(_record(principal, "a2", Lane.CHEAP, "gpt-5.4"), 20, 5, Outcome.UPSTREAM_ERROR, 502),
+        _finished(_record(principal, "a3", Lane.RESALE, "gpt-5.4"), 1, 1),
+        _finished(_record(principal, "a-old", Lane.CHEAP, "gpt-5.4", started_at=old), 100, 100),
+        _finished(_record(other, "b1", Lane.BYOK, "gpt-5.4"), 3, 3),
+    ]
+    for record in rows:
+        recorder.finish(record)
+    await recorder.stop()
+    totals = await store.usage_summary(since=time.time() - 86400)
+    assert [(t.workspace, t.lane, t.model, t.requests, t.errors, t.total_tokens) for t in totals] == [
+        ("acme", "cheap", "cheap/gpt-5.4", 2, 1, 40),
+        ("acme", "resale", "resale/gpt-5.4", 1, 0, 2),
+        ("beta", "byok", "byok/gpt-5.4", 1, 0, 6),
+    ]
+    acme_all = await store.usage_summary(workspace="acme")
+    assert sum(t.requests for t in acme_all) == 4
+    with pytest.raises(WorkspaceNotFound):
+        await store.usage_summary(workspace="nope")
