@@ -38,6 +38,7 @@ class Limits:
     max_concurrent_requests: int = 2000
     client_body_timeout_s: float = 30.0
     upstream_connections: int = 1000
+    client_header_timeout_s: float = 15.0  # also the idle keep-alive timeout (restart to change)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +123,7 @@ class Config:
     resale_models: Mapping[str, tuple[ResaleUpstream, ...]]
     byok_providers: Mapping[str, ByokProvider]
     env: Mapping[str, str] = field(repr=False, default_factory=dict)
+    drain_unready_delay_s: float = 0.0  # /readyz fails this long before the listener closes
 
 
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
@@ -159,6 +161,7 @@ def _build(root: Reader, source: Path, env: dict[str, str]) -> Config:
     master_env = root.string("byok_master_key_env", default="OKM_MASTER_KEY")
     drain = root.section("drain")
     drain_deadline = drain.number("deadline_s", default=30.0, minimum=0.0)
+    unready_delay = drain.number("unready_delay_s", default=0.0, minimum=0.0)
     drain.reject_unknown()
     providers = _providers(root.section("providers"))
     lanes = root.section("lanes")
@@ -186,6 +189,7 @@ def _build(root: Reader, source: Path, env: dict[str, str]) -> Config:
         resale_models=MappingProxyType(resale),
         byok_providers=MappingProxyType(byok),
         env=MappingProxyType(env),
+        drain_unready_delay_s=unready_delay,
     )
 
 

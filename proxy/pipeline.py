@@ -130,10 +130,12 @@ async def answer_client(request: web.Request, answer: Answer, spec: AttemptSpec,
     assert answer.body is not None
     parsed = _json(answer.body)
     if spec.client_stream and spec.endpoint is Endpoint.RESPONSES:
-        if parsed is None or not isinstance(parsed.get("output"), list):
-            raise errors.UpstreamError("the upstream's Responses answer is not a valid response object")
-        record.usage = _usage(parsed, responses=True)
-        return await synthesized_stream(request, synthesize_response_events(parsed), headers, record)
+        try:
+            events = synthesize_response_events(parsed or {})
+        except ValueError as exc:
+            raise errors.UpstreamError("the upstream's Responses answer is not a valid response object") from exc
+        record.usage = _usage(parsed or {}, responses=True)
+        return await synthesized_stream(request, events, headers, record)
     if parsed is not None:
         record.usage = _usage(parsed, responses=spec.endpoint is Endpoint.RESPONSES)
     record.status = answer.status

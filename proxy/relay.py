@@ -26,10 +26,19 @@ class StreamRelay:
         self.data_events = 0
 
     def feed(self, chunk: bytes) -> bytes:
-        """Return the bytes of every event completed by `chunk` that the client should get."""
-        events = self.decoder.feed(chunk)
-        if not events:
-            return b""
+        """Return the bytes of every event completed by `chunk` that the client should get.
+
+        On an over-size event, raises EventTooLarge with `.forward` set to the bytes of the
+        complete events that preceded it in this chunk (they are still owed to the client).
+        """
+        try:
+            events = self.decoder.feed(chunk)
+        except sse.EventTooLarge as exc:
+            exc.forward = self._select(exc.events)  # type: ignore[attr-defined]  # reason: carried to the writer
+            raise
+        return self._select(events) if events else b""
+
+    def _select(self, events: list[sse.Event]) -> bytes:
         out = []
         for event in events:
             if event.data is not None and not self._inspect(event):

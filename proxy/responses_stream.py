@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -39,8 +40,8 @@ class EventType(StrEnum):
     SUMMARY_DONE = "response.reasoning_summary_text.done"
 
 
-_FINAL_EVENT = {"incomplete": EventType.INCOMPLETE, "failed": EventType.FAILED}
-_ID_PREFIX = {"message": "msg", "function_call": "fc", "reasoning": "rs"}
+_FINAL_EVENT = MappingProxyType({"incomplete": EventType.INCOMPLETE, "failed": EventType.FAILED})
+_ID_PREFIX = MappingProxyType({"message": "msg", "function_call": "fc", "reasoning": "rs"})
 
 
 def synthesize_response_events(response: JSON, *, chunk_chars: int = 64) -> list[bytes]:

@@ -145,7 +145,7 @@ class Decoder:
             pos = nxt
             if 0 <= lf < pos:
                 lf = data.find(b"\n", pos)
-            if 0 <= cr < pos - 1:
+            if 0 <= cr < pos:
                 cr = data.find(b"\r", pos)
         self._line_start = pos
         return start

@@ -117,6 +117,8 @@ class Store:
         """One BEGIN IMMEDIATE … COMMIT on the writer; rolled back on any error."""
         async with self._write_lock:
             try:
+                if self._writer.in_transaction:  # left open by a task cancelled mid-rollback
+                    await self._writer.execute("ROLLBACK")
                 await self._writer.execute("BEGIN IMMEDIATE")
             except (sqlite3.Error, ValueError) as exc:  # aiosqlite: ValueError once closed
                 raise StoreUnavailable(f"cannot write to the store: {exc}") from exc

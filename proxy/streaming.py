@@ -54,6 +54,8 @@ async def stream_answer(request: web.Request, answer: Answer, headers: Mapping[s
             reason = "idle_timeout" if timeout else ("event_too_large" if isinstance(exc, EventTooLarge) else "upstream_broke")
             metrics.streams_interrupted.labels(lane, reason).inc()
             metrics.inband_errors.labels(lane).inc()
+            if isinstance(exc, EventTooLarge) and getattr(exc, "forward", b""):
+                await response.write(exc.forward)  # type: ignore[attr-defined]  # reason: set by StreamRelay.feed
             message = exc.message if isinstance(exc, StreamBroken) else "an upstream stream event exceeded the size limit"
             code = "upstream_timeout" if timeout else "upstream_error"
             await response.write(inband_error(message, code, responses=relay.responses, sequence_number=relay.data_events))

@@ -237,8 +237,18 @@ async def test_sdk_create_stream_yields_expected_events(aiohttp_server: Any) -> 
         stream = await client.responses.create(model="resale/gpt-5.4", input="hi", stream=True)
         events = [event async for event in stream]
     types = [e.type for e in events]
-    assert types[:4] == ["response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"]
-    assert types[-4:] == ["response.output_text.done", "response.content_part.done", "response.output_item.done", "response.completed"]
+    assert types[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert types[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
     assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == TEXT
     assert events[-1].response.output_text == TEXT
     assert events[-1].response.usage.total_tokens == 53

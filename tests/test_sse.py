@@ -42,7 +42,7 @@ PARSE_CASES = [
     ("lf", b"data: a\n\n", [("data: a\n\n", (None, "a", None))]),
     ("cr", b"data: a\r\r", [("data: a\r\r", (None, "a", None))]),
     ("crlf", b"data: a\r\n\r\n", [("data: a\r\n\r\n", (None, "a", None))]),
-    ("mixed line ends", b"data: a\rdata: b\r\ndata: c\n\r\n", [("data: a\rdata: b\r\ndata: c\n\r\n", (None, "a\nb\nc", None))]),
+    ("mixed line ends", b"data: a\rdata: b\r\ndata: c\n\r\n", [(None, (None, "a\nb\nc", None))]),
     ("multi-line data joined with LF", b"data: 1\ndata: 2\ndata: 3\n\n", [(None, (None, "1\n2\n3", None))]),
     ("one leading space removed, not two", b"data:  two\n\n", [(None, (None, " two", None))]),
     ("no space after colon", b"data:x\n\n", [(None, (None, "x", None))]),
@@ -54,7 +54,7 @@ PARSE_CASES = [
     ("id with NUL ignored", b"id: 1\nid: a\0b\ndata: x\n\n", [(None, (None, "x", "1"))]),
     ("retry and unknown fields ignored", b"retry: 3000\nfoo: bar\ndata : x\ndata: y\n\n", [(None, (None, "y", None))]),
     ("fields are case-sensitive", b"Data: x\nEVENT: y\n\n", [(None, NONE)]),
-    ("comment kept in raw, not a field", b": hi\ndata: x\n: there\n\n", [(": hi\ndata: x\n: there\n\n", (None, "x", None))]),
+    ("comment kept in raw, not a field", b": hi\ndata: x\n: there\n\n", [(None, (None, "x", None))]),
     ("comment-only keep-alive is an event", b": ping\n\n", [(": ping\n\n", NONE)]),
     ("event without data", b"event: x\n\n", [(None, ("x", None, None))]),
     ("blank lines between blocks", b"data: a\n\n\n\ndata: b\n\n", [
@@ -82,12 +82,15 @@ def test_parse(stream: bytes, expected: list[tuple[str | None, Fields]]) -> None
 # --- table: chunk boundaries --------------------------------------------------------------------
 
 SPLIT_CASES = [
-    ("CR|LF inside an event is one line end", [b"data: a\r", b"\ndata: b\r\n\r\n"], [(b"data: a\r\ndata: b\r\n\r\n", (None, "a\nb", None))]),
+    ("CR|LF inside an event is one line end", [b"data: a\r", b"\ndata: b\r\n\r\n"], [
+        (b"data: a\r\ndata: b\r\n\r\n", (None, "a\nb", None))]),
     ("CR|LF of the blank line: event goes out at CR, LF follows alone", [b"data: a\r\n\r", b"\ndata: b\n\n"], [
         (b"data: a\r\n\r", (None, "a", None)), (b"\n", NONE), (b"data: b\n\n", (None, "b", None))]),
-    ("CR at chunk end then a non-LF byte", [b"data: a\r", b"data: b\r\r"], [(b"data: a\rdata: b\r\r", (None, "a\nb", None))]),
+    ("CR at chunk end then a non-LF byte", [b"data: a\r", b"data: b\r\r"], [
+        (b"data: a\rdata: b\r\r", (None, "a\nb", None))]),
     ("CR at chunk end then CR", [b"data: a\r", b"\r"], [(b"data: a\r\r", (None, "a", None))]),
-    ("UTF-8 character split", [b"data: \xe6\x97", b"\xa5\xf0\x9f", b"\x99\x82\n\n"], [(b"data: \xe6\x97\xa5\xf0\x9f\x99\x82\n\n", (None, "日🙂", None))]),
+    ("UTF-8 character split", [b"data: \xe6\x97", b"\xa5\xf0\x9f", b"\x99\x82\n\n"], [
+        ("data: 日🙂\n\n".encode(), (None, "日🙂", None))]),
     ("BOM split", [b"\xef", b"\xbb", b"\xbfdata: a\n\n"], [(b"\xef\xbb\xbfdata: a\n\n", (None, "a", None))]),
     ("field name split", [b"da", b"ta: x\n", b"\n"], [(b"data: x\n\n", (None, "x", None))]),
     ("empty chunks ignored", [b"", b"data: x\n", b"", b"\n", b""], [(b"data: x\n\n", (None, "x", None))]),
@@ -288,7 +291,7 @@ FIXED = (
 )
 FIXED_EXPECTED = [
     (b"\xef\xbb\xbf: keep-alive\r\n\r\n", NONE),
-    (b"event: m\xc3\xbc\r\nid: 1\r\ndata: caf\xc3\xa9 \xf0\x9f\x99\x82\r\ndata:two\r\n\r\n", ("mü", "café 🙂\ntwo", "1")),
+    ("event: mü\r\nid: 1\r\ndata: café 🙂\r\ndata:two\r\n\r\n".encode(), ("mü", "café 🙂\ntwo", "1")),
     (b"data: cr\rdata\r\r", (None, "cr\n", None)),
     (b"data: [DONE]\n\r\n", (None, "[DONE]", None)),
     (b"\n", NONE),
@@ -340,16 +343,19 @@ def test_chat_usage_and_usage_only_chunk(event: Event, usage: Usage | None, usag
     assert is_usage_only_chunk(event) is usage_only
 
 
-RESP_USAGE = {"input_tokens": 10, "output_tokens": 20, "total_tokens": 30, "output_tokens_details": {"reasoning_tokens": 4}}
+RESP_USAGE = {
+    "input_tokens": 10, "output_tokens": 20, "total_tokens": 30, "output_tokens_details": {"reasoning_tokens": 4}
+}
+COMPLETED = {"type": "response.completed", "response": {"id": "r", "usage": RESP_USAGE}}
 
 
 @pytest.mark.parametrize(
     ("event", "usage"),
     [
-        (ev({"type": "response.completed", "response": {"id": "r", "usage": RESP_USAGE}}, "response.completed"), Usage(10, 20, 30)),
-        (ev({"type": "response.incomplete", "response": {"usage": RESP_USAGE}}, "response.incomplete"), Usage(10, 20, 30)),
-        (ev({"type": "response.failed", "response": {"usage": RESP_USAGE}}, "response.failed"), Usage(10, 20, 30)),
-        (ev({"type": "response.completed", "response": {"usage": RESP_USAGE}}), Usage(10, 20, 30)),  # no `event:` line
+        (ev(COMPLETED, "response.completed"), Usage(10, 20, 30)),
+        (ev({**COMPLETED, "type": "response.incomplete"}, "response.incomplete"), Usage(10, 20, 30)),
+        (ev({**COMPLETED, "type": "response.failed"}, "response.failed"), Usage(10, 20, 30)),
+        (ev(COMPLETED), Usage(10, 20, 30)),  # no `event:` line
         (ev({"type": "response.completed", "response": {"usage": None}}, "response.completed"), None),
         (ev({"type": "response.created", "response": {"usage": RESP_USAGE}}, "response.created"), None),
         (ev({"type": "response.output_text.delta", "delta": "x"}, "response.output_text.delta"), None),
@@ -371,7 +377,7 @@ RESP_ERROR = {"type": "error", "code": "server_error", "message": "boom", "param
         (ev({"error": None, "choices": []}), None),
         (ev(RESP_ERROR, "error"), RESP_ERROR),
         (ev(RESP_ERROR), RESP_ERROR),  # no `event:` line
-        (ev({"type": "response.failed", "response": {"error": {"code": "x", "message": "m"}}}, "response.failed"), None),
+        (ev({"type": "response.failed", "response": {"error": {"code": "x", "message": "m"}}}), None),
         (ev({"type": "response.created", "response": {"error": None}}, "response.created"), None),
         (ev(b"[DONE]"), None),
         (Event(b": ping\n\n"), None),
@@ -379,6 +385,9 @@ RESP_ERROR = {"type": "error", "code": "server_error", "message": "boom", "param
 )
 def test_error_payload(event: Event, payload: dict | None) -> None:
     assert error_payload(event) == payload
+
+
+ITEM_DONE = {"type": "response.output_item.done", "item": {"type": "error"}}
 
 
 @pytest.mark.parametrize(
@@ -391,8 +400,8 @@ def test_error_payload(event: Event, payload: dict | None) -> None:
         (ev({"type": "response.failed", "response": {}}, "response.failed"), False, True),
         (ev(RESP_ERROR, "error"), False, True),
         (ev({"type": "response.completed", "response": {}}), False, True),
-        (ev({"type": "response.output_item.done", "item": {"type": "error"}}, "response.output_item.done"), False, False),
-        (ev({"type": "response.output_item.done", "item": {"type": "error"}}), False, False),
+        (ev(ITEM_DONE, "response.output_item.done"), False, False),
+        (ev(ITEM_DONE), False, False),  # no `event:` line; a nested "type": "error" is not the event type
         (ev({"type": "response.in_progress", "response": {}}, "response.in_progress"), False, False),
         (Event(b": ping\n\n"), False, False),
     ],
