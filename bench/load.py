@@ -82,7 +82,7 @@ async def one(conn: Connection | None, target: Target, tally: Tally) -> Connecti
     """One exchange on `conn` (opened if needed); returns the connection to reuse, or None."""
     try:
         if conn is None or conn.closed:
-            conn = await Connection.open(target.host, target.port)
+            conn = await Connection.open(target.host, target.port, target.stream)
         ex = await conn.send(target.raw)
     except (OSError, ValueError) as exc:
         tally.fail(f"{type(exc).__name__}: {exc}")
@@ -134,7 +134,7 @@ async def run_hold(target: Target, tally: Tally, streams: int, batch: int) -> di
     conns: list[Connection] = []
     t0 = time.monotonic()
     for i in range(0, streams, batch):
-        opened = await asyncio.gather(*(Connection.open(target.host, target.port)
+        opened = await asyncio.gather(*(Connection.open(target.host, target.port, True)
                                         for _ in range(min(batch, streams - i))), return_exceptions=True)
         for conn in opened:
             if isinstance(conn, BaseException):

@@ -8,38 +8,60 @@ import logging
 import re
 import sys
 import time
+from typing import Iterable
 
 import orjson
 
 from proxy.types import RequestRecord
 
 access = logging.getLogger("okm.access")
+MAX_MODEL_CHARS = 256  # the public model ID comes from the client
 
 # Anything shaped like a credential is cut out of every log line and error message we write.
 _SECRET_SHAPES = re.compile(
-    r"(okm_[A-Za-z0-9]{8,}|sk-[A-Za-z0-9_\-*]{6,}|Bearer\s+[^\s\"']+|(?:api[_-]?key|token|secret|password)\"?\s*[:=]\s*\"?[^\s\",}]+)",
+    r"(okm_[A-Za-z0-9_]{8,}|sk-[A-Za-z0-9_\-*]{6,}|Bearer\s+[^\s\"']+|(?:api[_-]?key|token|secret|password)\"?\s*[:=]\s*\"?[^\s\",}]+)",
     re.IGNORECASE,
 )
 
 
-def redact(text: str) -> str:
-    """Mask credential-shaped substrings; applied to every log line and logged error."""
+MIN_KNOWN_SECRET = 8  # shorter configured values would mangle ordinary words
+
+
+def redact(text: str, known: Iterable[str] = ()) -> str:
+    """Mask credential-shaped substrings and the configured secret values; every log line passes here."""
+    for secret in known:
+        text = text.replace(secret, "[redacted]")
     return _SECRET_SHAPES.sub("[redacted]", text)
 
 
 class RedactingFormatter(logging.Formatter):
+    def __init__(self, fmt: str, known: Iterable[str] = ()) -> None:
+        super().__init__(fmt)
+        self.known = _usable(known)
+
     def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
+        return redact(super().format(record), self.known)
 
 
-def configure_logging(level: str) -> None:
+def _usable(known: Iterable[str]) -> tuple[str, ...]:
+    return tuple(sorted({k for k in known if len(k) >= MIN_KNOWN_SECRET}, key=len, reverse=True))
+
+
+def set_known_secrets(known: Iterable[str]) -> None:
+    """Tell every redacting handler the current config's secret values (at start and on reload)."""
+    for handler in (*logging.getLogger().handlers, *access.handlers):
+        if isinstance(handler.formatter, RedactingFormatter):
+            handler.formatter.known = _usable(known)
+
+
+def configure_logging(level: str, known: Iterable[str] = ()) -> None:
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", known))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     plain = logging.StreamHandler(sys.stdout)
-    plain.setFormatter(RedactingFormatter("%(message)s"))
+    plain.setFormatter(RedactingFormatter("%(message)s", known))
     access.handlers[:] = [plain]
     access.propagate = False
     access.setLevel(logging.INFO)
@@ -48,13 +70,15 @@ def configure_logging(level: str) -> None:
 def log_request(record: RequestRecord, enabled: bool) -> None:
     if not enabled or not access.isEnabledFor(logging.INFO):
         return
-    route, usage = record.route, record.usage
+    route, usage, principal = record.route, record.usage, record.principal
     line = {
         "ts": round(time.time(), 3),
         "request_id": record.request_id,
+        "workspace_id": principal.workspace_id if principal else None,
+        "key_id": principal.key_id if principal else None,  # the key's public id, never the key
         "endpoint": record.endpoint.value,
         "lane": route.lane.value if route else None,
-        "model": route.public_model if route else None,
+        "model": route.public_model[:MAX_MODEL_CHARS] if route else None,
         "upstream": record.upstream,
         "stream": record.stream,
         "status": record.status,

@@ -223,6 +223,18 @@ async def usage(request: web.Request) -> web.StreamResponse:
     return _json(admin_ops.usage_json(totals, since))
 
 
+async def pool_health(request: web.Request) -> web.StreamResponse:
+    """Budget pool accounts with their state, reason and in-flight count (names only, never keys)."""
+    pool = request.app[appkeys.STATE].runtime.lanes.cheap.pool
+    data = [
+        {"account": h.name, "state": h.state.value, "healthy": h.state.value == "healthy", "reason": h.reason,
+         "retry_in_s": None if h.retry_in_s is None else round(h.retry_in_s, 3), "in_flight": h.in_flight,
+         "consecutive_failures": h.consecutive_failures}
+        for h in pool.snapshot()
+    ]
+    return _json({"object": "list", "data": data})
+
+
 def setup_admin_routes(app: web.Application) -> None:
     """Add every /admin/ route; handlers read STORE, AUTH and STATE (its runtime.config) from the app."""
     routes = [
@@ -240,6 +252,7 @@ def setup_admin_routes(app: web.Application) -> None:
         (hdrs.METH_GET, "/admin/workspaces/{name}/byok", list_byok),
         (hdrs.METH_PUT, "/admin/workspaces/{name}/byok/{provider}", put_byok),
         (hdrs.METH_GET, "/admin/usage", usage),
+        (hdrs.METH_GET, "/admin/pool", pool_health),
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, admin_only(handler))

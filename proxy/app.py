@@ -11,9 +11,13 @@ from aiohttp import web
 
 from proxy import appkeys
 from proxy.admin import setup_admin_routes
+from proxy.admission import admission
 from proxy.auth import Authenticator
 from proxy.config import Config
+from proxy.drain import DRAIN, Drain
 from proxy.handlers import add_routes
+from proxy.limits import LIMITER, Limiter
+from proxy.live_metrics import LiveMetrics
 from proxy.metrics import Metrics, metrics_handler
 from proxy.middleware import request_context
 from proxy.runtime import Runtime
@@ -35,9 +39,11 @@ class State:
 
 
 def build_app(config: Config, metrics: Metrics | None = None) -> web.Application:
-    app = web.Application(middlewares=[request_context], client_max_size=ADMIN_MAX_BODY)
+    app = web.Application(middlewares=[request_context, admission], client_max_size=ADMIN_MAX_BODY)
     app[appkeys.STATE] = State(Runtime.build(config))
     app[appkeys.METRICS] = metrics or Metrics()
+    app[LIMITER], app[DRAIN] = Limiter(), Drain()
+    app[appkeys.METRICS].on_scrape(LiveMetrics(app))
     app[appkeys.UPSTREAM] = UpstreamClient(config.limits)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_upstream_ctx)

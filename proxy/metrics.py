@@ -6,12 +6,15 @@ key, a workspace, a prompt or a model string from a client.
 
 from __future__ import annotations
 
+from typing import Callable
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 # LLM traffic spans milliseconds (auth failures) to many minutes (long generations).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
-TTFB_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+# Upstream first tokens mostly land between 0.3 s and 5 s: finer buckets there keep p99 useful.
+TTFB_BUCKETS = (0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120)
 
 
 class Metrics:
@@ -48,8 +51,18 @@ class Metrics:
                                             registry=r)
         self.config_reloads = Counter("okm_config_reloads_total", "Config reloads, by result (ok, failed).",
                                       ["result"], registry=r)
+        self.in_flight = Gauge("okm_requests_in_flight", "Proxied requests in flight (the limits.max_concurrent_requests cap).",
+                               registry=r)
+        self.draining = Gauge("okm_draining", "1 while the process is stopping (readiness fails).", registry=r)
+        self._scrape_hooks: list[Callable[[], None]] = []
+
+    def on_scrape(self, hook: Callable[[], None]) -> None:
+        """Run `hook` before each render, so gauges read from live state (pool health) are current."""
+        self._scrape_hooks.append(hook)
 
     def render(self) -> bytes:
+        for hook in self._scrape_hooks:
+            hook()
         return generate_latest(self.registry)
 
 

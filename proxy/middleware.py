@@ -37,6 +37,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         try:
             response = await handler(request)
         except errors.ProxyError as exc:
+            _count_auth_failure(request, exc)  # e.g. /v1/models with a bad key
             return error_response(exc, request_id)
         if not response.prepared:
             response.headers[REQUEST_ID_HEADER] = request_id

@@ -18,6 +18,7 @@ from proxy.attempt import Answer, AttemptFailed, AttemptSpec, attempt
 from proxy.body import parse_body, read_body
 from proxy.byok import workspace_key
 from proxy.lanes import CheapLane
+from proxy.limits import admit_workspace
 from proxy.responses_stream import synthesize_response_events
 from proxy.routing import resolve_route
 from proxy.runtime import Runtime
@@ -44,6 +45,7 @@ async def proxy_request(request: web.Request, endpoint: Endpoint) -> web.StreamR
         )
     record.route = route = resolve_route(body.model, runtime.table)
     lane = runtime.lanes.for_route(route)
+    admit_workspace(request, record)  # 429 before any upstream call; the stream flag is known now
     key = None
     if route.lane is Lane.BYOK:
         key = await workspace_key(app[appkeys.STORE], runtime.master_key, principal, route.provider or "")

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from proxy import appkeys
 from proxy.attempt import Answer
+from proxy.drain import DRAIN, DrainDeadline
 from proxy.relay import inband_error, pump
 from proxy.sse import EventTooLarge
 from proxy.types import Outcome, RequestRecord
@@ -19,10 +20,15 @@ from proxy.upstream import StreamBroken
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 CLIENT_GONE = (ConnectionResetError, ConnectionError)
+REQUEST_ID_HEADER = "X-Request-Id"  # the middleware sets it on unprepared answers; a stream must before prepare()
+DRAIN_MESSAGE = "the gateway is restarting and this stream reached its drain deadline; retry the request"
 
 
 async def start_stream(request: web.Request, headers: Mapping[str, str], record: RequestRecord) -> web.StreamResponse:
-    response = web.StreamResponse(status=200, headers={**headers, **SSE_HEADERS})
+    response = web.StreamResponse(status=200, headers=headers)
+    # set one by one: the headers are case-insensitive, so these replace the upstream's own
+    for name, value in {**SSE_HEADERS, REQUEST_ID_HEADER: record.request_id}.items():
+        response.headers[name] = value
     await response.prepare(request)
     record.status = 200
     record.ttfb_s = time.monotonic() - record.t0
@@ -43,7 +49,8 @@ async def stream_answer(request: web.Request, answer: Answer, headers: Mapping[s
         if answer.first:
             await response.write(answer.first)
         try:
-            await pump(chunks, relay, response)
+            async with request.app[DRAIN].watch():
+                await pump(chunks, relay, response)
             if not relay.terminal:
                 raise StreamBroken("the upstream closed the stream before it was complete")
             clean = True
@@ -59,6 +66,12 @@ async def stream_answer(request: web.Request, answer: Answer, headers: Mapping[s
             message = exc.message if isinstance(exc, StreamBroken) else "an upstream stream event exceeded the size limit"
             code = "upstream_timeout" if timeout else "upstream_error"
             await response.write(inband_error(message, code, responses=relay.responses, sequence_number=relay.data_events))
+        except DrainDeadline:
+            record.outcome = Outcome.INTERRUPTED
+            metrics.streams_interrupted.labels(lane, "drain_deadline").inc()
+            metrics.inband_errors.labels(lane).inc()
+            error = inband_error(DRAIN_MESSAGE, "gateway_restarting", responses=relay.responses, sequence_number=relay.data_events)
+            await response.write(error)
         await response.write_eof()
         return response
     except CLIENT_GONE:

@@ -16,6 +16,8 @@ stamp=".venv/.okm-installed${EXTRAS:+-$EXTRAS}"
 want="$(cat setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "installing the gateway${EXTRAS:+ with [$EXTRAS]} into .venv ..." >&2
-  .venv/bin/python -m pip install --disable-pip-version-check -q -e ".${EXTRAS:+[$EXTRAS]}"
+  # pip's notes about this machine's extra package indexes are noise here; real errors still show.
+  .venv/bin/python -m pip install --disable-pip-version-check -q -e ".${EXTRAS:+[$EXTRAS]}" \
+    2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
   echo "$want" > "$stamp"
 fi

@@ -14,7 +14,9 @@ from proxy.auth import Authenticator
 from proxy.config import Config, load_config
 from proxy.crypto import MasterKey, decrypt_provider_key, generate_master_key
 from proxy.errors import ProxyError
+from proxy.runtime import Runtime
 from proxy.store import Store
+from proxy.types import AttemptResult
 from proxy.store_types import UsageRow
 
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
@@ -22,6 +24,10 @@ MASTER = generate_master_key()
 CONFIG_YAML = """
 store: {path: okm.sqlite3}
 lanes:
+  cheap:
+    pool:
+      - {name: pool-a, type: mock, models: [gpt-5.4]}
+      - {name: pool-b, type: mock, models: [gpt-5.4]}
   byok:
     providers:
       openai: {type: mock, models: [gpt-5.4]}
@@ -30,13 +36,8 @@ lanes:
 
 
 @dataclass
-class _Runtime:  # the slice of app.State the admin API reads: state.runtime.config
-    config: Config
-
-
-@dataclass
-class _State:
-    runtime: _Runtime
+class _State:  # the slice of app.State the admin API reads
+    runtime: Runtime
 
 
 def make_config(tmp_path, **env: str | None) -> Config:
@@ -59,7 +60,7 @@ async def _client(aiohttp_client, config: Config):
     auth = Authenticator(store, config.key_pepper)
     await auth.start()
     app = web.Application()
-    app[appkeys.STATE] = _State(_Runtime(config))
+    app[appkeys.STATE] = _State(Runtime.build(config))
     app[appkeys.STORE] = store
     app[appkeys.AUTH] = auth
 
@@ -219,3 +220,16 @@ async def test_usage_summary(client):
     status, body = await call(client, "GET", "/admin/usage?since=yesterday")
     assert status == 400 and "YYYY-MM-DD" in body["error"]["message"]
     assert (await call(client, "GET", "/admin/usage?workspace=nope"))[0] == 404
+
+
+async def test_pool_health_lists_accounts_with_state_and_reason(client):
+    pool = client.app[appkeys.STATE].runtime.lanes.cheap.pool
+    pool.report("pool-b", AttemptResult.RATE_LIMITED, 30)
+    status, body = await call(client, "GET", "/admin/pool")
+    assert status == 200
+    by_name = {a["account"]: a for a in body["data"]}
+    assert by_name["pool-a"]["state"] == "healthy" and by_name["pool-a"]["healthy"] is True
+    assert by_name["pool-b"]["state"] == "cooling" and by_name["pool-b"]["healthy"] is False
+    assert by_name["pool-b"]["reason"] and 0 < by_name["pool-b"]["retry_in_s"] <= 30
+    status, body = await call(client, "GET", "/admin/pool", headers={})
+    assert status == 401

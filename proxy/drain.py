@@ -1,0 +1,58 @@
+"""Graceful stop bookkeeping: the phases of a drain, and a watch around every relayed stream so
+that at the drain deadline each one is told to stop and can end with an in-band error instead
+of a silent cut. It decides nothing about timing: the server calls `close()` and `cut()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import AsyncIterator
+
+from aiohttp import web
+
+
+class DrainDeadline(Exception):
+    """The drain deadline passed while this stream was still running."""
+
+
+class Drain:
+    def __init__(self) -> None:
+        self.refusing = False  # the listener is closed: late requests on kept-alive connections get 503
+        self.cutting = False  # the deadline passed: streams still running are being cut
+        self._scopes: set[asyncio.Timeout] = set()
+
+    @property
+    def streams(self) -> int:
+        """Streams currently inside `watch()`."""
+        return len(self._scopes)
+
+    def close(self) -> None:
+        self.refusing = True
+
+    def cut(self) -> int:
+        """Stop every watched stream now (and any that starts later); returns how many were cut."""
+        self.cutting = True
+        now = asyncio.get_running_loop().time()
+        for scope in self._scopes:
+            scope.reschedule(now)
+        return len(self._scopes)
+
+    @contextlib.asynccontextmanager
+    async def watch(self) -> AsyncIterator[None]:
+        """Run a stream's relay; raises DrainDeadline in the caller if the drain cuts it."""
+        scope = asyncio.timeout(asyncio.get_running_loop().time() if self.cutting else None)
+        try:
+            async with scope:
+                self._scopes.add(scope)
+                try:
+                    yield
+                finally:
+                    self._scopes.discard(scope)
+        except TimeoutError as exc:
+            if scope.expired():
+                raise DrainDeadline() from exc
+            raise
+
+
+DRAIN: web.AppKey[Drain] = web.AppKey("drain", Drain)
