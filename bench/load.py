@@ -30,6 +30,10 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]  # nearest rank
 
 
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 4)
+
+
 @dataclass
 class Tally:
     expected_events: int
@@ -60,17 +64,16 @@ class Tally:
         return False
 
     def summary(self, seconds: float) -> dict:
-        ms = lambda v: None if v is None else round(v * 1000, 4)  # noqa: E731  # reason: tiny local formatter
         return {
             "ok": self.ok, "errors": self.errors, "first_error": self.first_error, "events": self.events,
             "seconds": round(seconds, 4), "per_s": round(self.ok / seconds, 2) if seconds else None,
             "events_per_s": round(self.events / seconds, 1) if seconds else None,
-            "latency_p50_ms": ms(percentile(self.latency, 50)), "latency_p99_ms": ms(percentile(self.latency, 99)),
-            "ttfb_p50_ms": ms(percentile(self.ttfb, 50)), "ttfb_p99_ms": ms(percentile(self.ttfb, 99)),
+            "latency_p50_ms": _ms(percentile(self.latency, 50)), "latency_p99_ms": _ms(percentile(self.latency, 99)),
+            "ttfb_p50_ms": _ms(percentile(self.ttfb, 50)), "ttfb_p99_ms": _ms(percentile(self.ttfb, 99)),
         }
 
 
-@dataclass
+@dataclass(frozen=True)
 class Target:
     host: str
     port: int

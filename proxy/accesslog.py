@@ -60,6 +60,7 @@ def configure_logging(level: str, known: Iterable[str] = ()) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.captureWarnings(True)  # warnings go through the same redaction, not straight to stderr
     plain = logging.StreamHandler(sys.stdout)
     plain.setFormatter(RedactingFormatter("%(message)s", known))
     access.handlers[:] = [plain]

@@ -1,13 +1,13 @@
-"""The admission middleware: the global in-flight cap for proxied requests, refusal of late
-requests while the gateway stops, and `Connection: close` on every answer during a drain.
-It sits inside `middleware.request_context`, which records whatever it refuses.
+"""The admission middleware: the global in-flight cap for proxied requests and refusal of late
+requests while the gateway stops; plus `Connection: close` on every answer during a drain.
+The middleware sits inside `middleware.request_context`, which records whatever it refuses.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from proxy import appkeys
 from proxy.drain import DRAIN
@@ -23,7 +23,7 @@ async def admission(request: web.Request, handler: Handler) -> web.StreamRespons
     state = app[appkeys.STATE]
     record: RequestRecord | None = request.get(RECORD)
     if record is None:  # health, metrics, admin, model list: never shed
-        return _closing(await handler(request), state.draining)
+        return await handler(request)
     limiter, drain = app[LIMITER], app[DRAIN]
     try:
         if drain.refusing:
@@ -33,7 +33,7 @@ async def admission(request: web.Request, handler: Handler) -> web.StreamRespons
         app[appkeys.METRICS].shed.labels(exc.reason).inc()
         raise
     try:
-        return _closing(await handler(request), state.draining)
+        return await handler(request)
     except asyncio.CancelledError:
         if drain.cutting and record.outcome is Outcome.OK:
             record.outcome = Outcome.INTERRUPTED  # cut by the stop, not by the client
@@ -43,7 +43,9 @@ async def admission(request: web.Request, handler: Handler) -> web.StreamRespons
         release_workspace(request, limiter)
 
 
-def _closing(response: web.StreamResponse, draining: bool) -> web.StreamResponse:
-    if draining:
-        response.force_close()  # the client reconnects, to an instance whose listener is open
-    return response
+async def close_when_draining(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare hook: during a drain every answer (errors included) ends its connection,
+    so the client's next request opens a new one, to a listener that is still open."""
+    if request.app[appkeys.STATE].draining:
+        response.force_close()
+        response.headers[hdrs.CONNECTION] = "close"

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from proxy import appkeys
 from proxy.admin import setup_admin_routes
-from proxy.admission import admission
+from proxy.admission import admission, close_when_draining
 from proxy.auth import Authenticator
 from proxy.config import Config
 from proxy.drain import DRAIN, Drain
@@ -44,6 +44,7 @@ def build_app(config: Config, metrics: Metrics | None = None) -> web.Application
     app[appkeys.METRICS] = metrics or Metrics()
     app[LIMITER], app[DRAIN] = Limiter(), Drain()
     app[appkeys.METRICS].on_scrape(LiveMetrics(app))
+    app.on_response_prepare.append(close_when_draining)
     app[appkeys.UPSTREAM] = UpstreamClient(config.limits)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_upstream_ctx)

@@ -91,16 +91,21 @@ async def attempt(client: UpstreamClient, spec: AttemptSpec, target: UpstreamTar
     except StreamBroken as exc:
         reply.close()
         result = AttemptResult.TIMEOUT if exc.timeout else AttemptResult.SERVER_ERROR
-        raise AttemptFailed(result, errors.UpstreamError(f"upstream answer broke off: {exc.message}")) from exc
+        cls = errors.UpstreamTimeoutError if exc.timeout else errors.UpstreamError
+        raise AttemptFailed(result, cls(f"upstream answer broke off: {exc.message}")) from exc
     except BaseException:
         reply.close()
         raise
     reply.release()
+    if _json_object(raw) is None:  # e.g. a web page from a misconfigured base URL: never relay it as a 200
+        error = errors.UpstreamError(f"the upstream answered HTTP {reply.status} with a body that is not a JSON object")
+        raise AttemptFailed(AttemptResult.SERVER_ERROR, error)
     return Answer(target, reply.status, reply.headers, body=raw)
 
 
 async def _first_events(reply: Reply, target: UpstreamTarget, spec: AttemptSpec, hide_usage: bool) -> Answer:
-    relay = StreamRelay(spec.max_event_bytes, responses=spec.endpoint is Endpoint.RESPONSES, hide_usage_chunk=hide_usage)
+    relay = StreamRelay(spec.max_event_bytes, responses=spec.endpoint is Endpoint.RESPONSES, hide_usage_chunk=hide_usage,
+                        mask=spec.mask)
     chunks = reply.chunks().__aiter__()
     first: list[bytes] = []
     try:
@@ -116,9 +121,20 @@ async def _first_events(reply: Reply, target: UpstreamTarget, spec: AttemptSpec,
     except EventTooLarge as exc:
         raise AttemptFailed(AttemptResult.SERVER_ERROR, errors.UpstreamError("upstream stream event is too large")) from exc
     if relay.error is not None and relay.data_events == 1:
-        body = {"error": relay.error}
-        raise AttemptFailed(AttemptResult.SERVER_ERROR, _status_error(502, body, spec, None))
+        raise AttemptFailed(AttemptResult.SERVER_ERROR, _status_error(502, _inband_error_body(relay.error), spec, None))
     return Answer(target, reply.status, reply.headers, reply=reply, chunks=chunks, first=b"".join(first), relay=relay)
+
+
+def _inband_error_body(payload: dict[str, Any]) -> dict[str, Any]:
+    """An upstream's in-band error event as an OpenAI error body: chat-style `{"error": {...}}` as
+    it is; a bare string or a Responses-style `{"type": "error", "message": ...}` event wrapped."""
+    inner = payload.get("error")
+    if isinstance(inner, dict):
+        return payload
+    source = {"message": inner} if isinstance(inner, str) else payload
+    message = source.get("message")
+    return {"error": {"message": message if isinstance(message, str) and message else "upstream error",
+                      "type": "api_error", "param": source.get("param"), "code": source.get("code")}}
 
 
 async def _failure(reply: Reply, target: UpstreamTarget, spec: AttemptSpec) -> AttemptFailed:

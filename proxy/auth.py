@@ -172,8 +172,8 @@ class Authenticator:
         if key_id is None:
             raise KeyRejected(AuthFailure.MALFORMED, MSG_MALFORMED)
         snapshot = await self._ensure_fresh(self._interval)
-        if key_id not in snapshot.entries:
-            snapshot = await self._ensure_fresh(MISS_RECHECK_S)
+        if key_id not in snapshot.entries:  # maybe a key made a moment ago: wait for a reload in progress
+            snapshot = await self._ensure_fresh(MISS_RECHECK_S, wait=True)
         entry = snapshot.entries.get(key_id)
         if entry is None or not hmac.compare_digest(entry.key_hash, keys.hash_api_key(key, self._pepper)):
             raise KeyRejected(AuthFailure.UNKNOWN, MSG_INVALID)
@@ -203,8 +203,11 @@ class Authenticator:
     def _fresh(self, max_age: float) -> bool:
         return self._snapshot is not None and not self._stale and self._clock() - self._checked_at < max_age
 
-    async def _ensure_fresh(self, max_age: float) -> _Snapshot:
-        busy = self._lock.locked() and self._snapshot is not None and not self._stale
+    async def _ensure_fresh(self, max_age: float, wait: bool = False) -> _Snapshot:
+        if wait and self._lock.locked():
+            async with self._lock:  # a reload is running: its copy may hold what the caller is missing
+                pass
+        busy = not wait and self._lock.locked() and self._snapshot is not None and not self._stale
         if not self._fresh(max_age) and not busy:  # while another request checks, use the current copy
             async with self._lock:
                 if not self._fresh(max_age):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,7 +74,15 @@ def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-_DECODER = json.JSONDecoder(object_pairs_hook=_unique_object, parse_constant=_reject_constant)
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # e.g. 1e400: it would reach the upstream as null
+        raise InvalidRequestError(f"request body has the number {text[:40]}, which is out of range")
+    return value
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_object, parse_constant=_reject_constant,
+                            parse_float=_finite_float)
 
 
 def parse_body(raw: bytes) -> RequestBody:
@@ -89,9 +98,12 @@ def parse_body(raw: bytes) -> RequestBody:
         raise InvalidRequestError(f"request body is nested deeper than {MAX_DEPTH} levels") from exc
     except json.JSONDecodeError as exc:
         raise InvalidRequestError(f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    except ValueError as exc:  # Python's cap on integer digits
+        raise InvalidRequestError("request body has an integer with too many digits") from exc
     if not isinstance(data, dict):
         raise InvalidRequestError(f"request body must be a JSON object, got {_json_type(data)}")
     _check_depth(data)
+    encode_body(data)  # refuse here what could not be forwarded (lone surrogates, integers past 64 bits)
     model = data.get("model")
     if model is None:
         raise InvalidRequestError("'model' is required, e.g. \"cheap/gpt-5.4\"", param="model")

@@ -35,13 +35,14 @@ class Drain:
         self.cutting = True
         now = asyncio.get_running_loop().time()
         for scope in self._scopes:
-            scope.reschedule(now)
+            if not scope.expired():  # a second cut must not touch a scope that already fired
+                scope.reschedule(now)
         return len(self._scopes)
 
     @contextlib.asynccontextmanager
     async def watch(self) -> AsyncIterator[None]:
         """Run a stream's relay; raises DrainDeadline in the caller if the drain cuts it."""
-        scope = asyncio.timeout(asyncio.get_running_loop().time() if self.cutting else None)
+        scope = asyncio.timeout(0 if self.cutting else None)  # started after the cut: cut at once
         try:
             async with scope:
                 self._scopes.add(scope)

@@ -20,7 +20,6 @@ from proxy.types import RequestRecord
 
 OVERLOAD_RETRY_AFTER_S = 1.0  # a shed request is cheap to retry; the cap frees up as streams end
 STREAMS_RETRY_AFTER_S = 1.0  # nobody knows when a stream ends: ask for a prompt retry
-_TICKET = "okm_workspace_ticket"
 
 
 class ShedReason(StrEnum):
@@ -141,6 +140,7 @@ class Limiter:
 
 
 LIMITER: web.AppKey[Limiter] = web.AppKey("limiter", Limiter)
+_TICKET: web.RequestKey[Ticket] = web.RequestKey("okm_workspace_ticket", Ticket)
 
 
 def admit_workspace(request: web.Request, record: RequestRecord) -> None:

@@ -51,8 +51,8 @@ class Metrics:
                                             registry=r)
         self.config_reloads = Counter("okm_config_reloads_total", "Config reloads, by result (ok, failed).",
                                       ["result"], registry=r)
-        self.in_flight = Gauge("okm_requests_in_flight", "Proxied requests in flight (the limits.max_concurrent_requests cap).",
-                               registry=r)
+        self.in_flight = Gauge("okm_requests_in_flight",
+                               "Proxied requests in flight (what limits.max_concurrent_requests caps).", registry=r)
         self.draining = Gauge("okm_draining", "1 while the process is stopping (readiness fails).", registry=r)
         self._scrape_hooks: list[Callable[[], None]] = []
 

@@ -39,6 +39,10 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         except errors.ProxyError as exc:
             _count_auth_failure(request, exc)  # e.g. /v1/models with a bad key
             return error_response(exc, request_id)
+        except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:  # no such route: still an OpenAI error
+            response = error_response(_route_error(request, exc), request_id)
+            response.headers.extend((k, v) for k, v in exc.headers.items() if k == "Allow")
+            return response
         if not response.prepared:
             response.headers[REQUEST_ID_HEADER] = request_id
         return response
@@ -63,6 +67,18 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         raise
     finally:
         _finish(request, record)
+
+
+class MethodNotAllowedError(errors.InvalidRequestError):
+    status = 405
+    code = "method_not_allowed"
+
+
+def _route_error(request: web.Request, exc: web.HTTPException) -> errors.ProxyError:
+    where = "".join(c if c.isprintable() else "?" for c in f"{request.method} {request.raw_path}"[:200])
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return MethodNotAllowedError(f"{where} is not supported; allowed: {', '.join(sorted(exc.allowed_methods))}")
+    return errors.NotFoundError(f"Invalid URL ({where}); the API lives under /v1/", code="unknown_url")
 
 
 def _route_endpoint(request: web.Request) -> Endpoint | None:

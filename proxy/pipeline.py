@@ -25,7 +25,7 @@ from proxy.runtime import Runtime
 from proxy.streaming import stream_answer, synthesized_stream
 from proxy.types import AttemptResult, Endpoint, Lane, RequestRecord, Route, Usage
 
-RECORD = "okm_record"
+RECORD: web.RequestKey[RequestRecord] = web.RequestKey("okm_record", RequestRecord)
 
 
 async def proxy_request(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
@@ -61,12 +61,28 @@ async def proxy_request(request: web.Request, endpoint: Endpoint) -> web.StreamR
         mask=runtime.mask_for(route.lane),
     )
     admission = app[appkeys.USAGE].admit(record)
-    answer = await failover(app, runtime, lane, route, spec, key, record)
     try:
-        await admission  # the usage row is durable before the client sees a byte
+        answer = await failover(app, runtime, lane, route, spec, key, record)
+    except asyncio.CancelledError:
+        if record.attempts:  # the client left while waiting, but the prompt went upstream: bill an estimate
+            record.usage = prompt_estimate(len(raw))
+        raise
+    try:
+        try:
+            await admission  # the usage row is durable before the client sees a byte
+        except BaseException:
+            if answer.reply is not None:
+                answer.reply.close()  # the client left before the stream reached it: stop the upstream now
+            raise
         return await answer_client(request, answer, spec, record, len(raw))
     finally:
         lane.end(answer.target)
+
+
+def prompt_estimate(prompt_bytes: int) -> Usage:
+    """Usage for a request cancelled before any answer: the relay's rule, about 4 bytes a token."""
+    prompt = max(1, prompt_bytes // 4)
+    return Usage(prompt, 0, prompt, estimated=True)
 
 
 async def failover(app: web.Application, runtime: Runtime, lane: Any, route: Route, spec: AttemptSpec,

@@ -6,20 +6,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any, AsyncIterator
 
 import orjson
 from aiohttp import web
 
-from proxy import sse
+from proxy import scrub, sse
 from proxy.types import Usage
+from proxy.upstream import StreamBroken
+
+TAIL_GRACE_S = 0.05  # how long the end of the body may trail the terminal event
+_RESPONSES_ERROR_FIELDS = ("type", "code", "message", "param", "sequence_number")
 
 
 class StreamRelay:
-    def __init__(self, max_event_bytes: int, *, responses: bool, hide_usage_chunk: bool) -> None:
+    def __init__(self, max_event_bytes: int, *, responses: bool, hide_usage_chunk: bool,
+                 mask: tuple[str, ...] | None = None) -> None:
         self.decoder = sse.Decoder(max_event_bytes)
         self.responses = responses
         self.hide_usage_chunk = hide_usage_chunk
+        self.mask = mask  # operator lanes: account identifiers to mask in upstream error events
+        self.malformed = 0  # data events whose payload is neither a JSON object nor [DONE]
+        self._replacement: bytes | None = None  # a masked error event, sent instead of the upstream's bytes
         self.usage: Usage | None = None
         self.terminal = False
         self.error: dict[str, Any] | None = None  # an upstream in-band error event, if one came
@@ -41,14 +51,20 @@ class StreamRelay:
     def _select(self, events: list[sse.Event]) -> bytes:
         out = []
         for event in events:
-            if event.data is not None and not self._inspect(event):
-                continue
-            out.append(event.raw)
+            raw = event.raw
+            if event.data is not None:
+                if not self._inspect(event):
+                    continue
+                if self._replacement is not None:
+                    raw, self._replacement = self._replacement, None
+            out.append(raw)
         return out[0] if len(out) == 1 else b"".join(out)
 
     def _inspect(self, event: sse.Event) -> bool:
         """Track usage, errors and the end of the stream; False drops the event."""
         self.data_events += 1
+        if _malformed(event.data or ""):
+            self.malformed += 1
         if sse.is_terminal(event, self.responses):
             self.terminal = True
         if self.responses:
@@ -63,6 +79,8 @@ class StreamRelay:
         error = sse.error_payload(event)
         if error is not None:
             self.error = error
+            if self.mask is not None:
+                self._replacement = _masked_error(event, error, self.mask)
         return True
 
     def estimated_usage(self, prompt_bytes: int) -> Usage:
@@ -70,6 +88,25 @@ class StreamRelay:
         completion = max(0, self.data_events - 1)
         prompt = max(1, prompt_bytes // 4)
         return Usage(prompt, completion, prompt + completion, estimated=True)
+
+
+def _malformed(data: str) -> bool:
+    """A cheap shape check, no JSON decode: every payload should be an object, or [DONE]."""
+    if data.startswith("{") and data.endswith("}") or data == "[DONE]":
+        return False
+    data = data.strip()
+    return not (data.startswith("{") and data.endswith("}")) and data != "[DONE]"
+
+
+def _masked_error(event: sse.Event, payload: dict[str, Any], mask: tuple[str, ...]) -> bytes | None:
+    """An upstream error event with account identifiers masked and unknown fields dropped, as
+    before the first byte; None when that changes nothing (the upstream's bytes then go out)."""
+    if "error" in payload:
+        masked = scrub.mask_error_body(payload, mask)
+    else:  # a Responses `event: error`
+        masked = {k: scrub.mask_identifiers(v, mask) if isinstance(v, str) else v
+                  for k, v in payload.items() if k in _RESPONSES_ERROR_FIELDS}
+    return None if masked == payload else sse.format_event(orjson.dumps(masked), event=event.event)
 
 
 def inband_error(message: str, code: str, *, responses: bool, sequence_number: int = 0) -> bytes:
@@ -82,8 +119,22 @@ def inband_error(message: str, code: str, *, responses: bool, sequence_number: i
 
 
 async def pump(chunks: AsyncIterator[bytes], relay: StreamRelay, response: web.StreamResponse) -> None:
-    """Forward every complete event as soon as it is complete; raises on upstream failure."""
-    async for chunk in chunks:
+    """Forward every complete event as soon as it is complete; raises on upstream failure.
+
+    Stops at the terminal event ([DONE], a final Responses event): an upstream that keeps the
+    connection open after it must not hold the client's stream open (or time it out). The end
+    of the body gets a moment to arrive, so the upstream connection can be reused.
+    """
+    while not relay.terminal:
+        chunk = await anext(chunks, None)
+        if chunk is None:
+            return
         data = relay.feed(chunk)
         if data:
             await response.write(data)
+    with contextlib.suppress(TimeoutError, StreamBroken, sse.EventTooLarge):
+        async with asyncio.timeout(TAIL_GRACE_S):
+            async for chunk in chunks:  # e.g. the LF of a CRLF whose CR ended the last event
+                data = relay.feed(chunk)
+                if data:
+                    await response.write(data)

@@ -1,10 +1,20 @@
-"""Running the app: listeners, signal handling (SIGHUP reload, SIGTERM drain) and exit status."""
+"""Running the app: listeners, signals (SIGHUP reload; SIGTERM/SIGINT graceful drain), systemd
+notifications and the exit status. It handles no request itself.
+
+A stop: readiness fails at once, the listener closes after `drain.unready_delay_s`, requests in
+flight run until `drain.deadline_s` (from the signal), streams still running then end with an
+in-band error, usage is flushed, exit 0. A second SIGTERM/SIGINT skips straight to the cut.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
+import socket
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -12,44 +22,154 @@ from proxy import appkeys
 from proxy.accesslog import configure_logging
 from proxy.app import build_app
 from proxy.config import Config
+from proxy.crypto import MasterKeyError
+from proxy.drain import DRAIN
 from proxy.errors import ConfigError
+from proxy.limits import LIMITER, Limiter
 from proxy.metrics import metrics_handler
+from proxy.reload import known_secrets, reload_config
+from proxy.store_types import StoreError
 
 log = logging.getLogger("okm.server")
 
+CUT_GRACE_S = 5.0  # after the deadline: time for cut streams to write their error and for usage to land
+CLEANUP_TIMEOUT_S = 2.0  # aiohttp then cancels whatever still runs (e.g. a non-stream request upstream)
+POLL_S = 0.05
+
+
+@dataclass(slots=True)
+class _Signals:
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    reload: asyncio.Event = field(default_factory=asyncio.Event)
+    hurry: asyncio.Event = field(default_factory=asyncio.Event)  # a second stop signal: cut now
+
+    def on_stop(self) -> None:
+        (self.hurry if self.stop.is_set() else self.stop).set()
+
 
 def serve(config: Config) -> int:
-    configure_logging(config.log.level)
+    configure_logging(config.log.level, known_secrets(config))
     try:
         asyncio.run(_serve(config))
-    except ConfigError as exc:
+    except (ConfigError, MasterKeyError, StoreError, OSError) as exc:
         log.error("cannot start: %s", exc)
+        return 1
+    except Exception:  # noqa: BLE001  reason: the traceback must pass the log redaction, not raw stderr
+        log.exception("the gateway stopped on an unexpected error")
         return 1
     return 0
 
 
 async def _serve(config: Config) -> None:
-    app = build_app(config)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=config.drain_deadline_s)
-    await runner.setup()
-    site = web.TCPSite(runner, config.listen.host, config.listen.port, reuse_address=True)
-    await site.start()
-    metrics_runner = None
-    if config.metrics_listen is not None:
-        metrics_app = web.Application()
-        metrics_app.router.add_get("/metrics", metrics_handler(app[appkeys.METRICS]))
-        metrics_runner = web.AppRunner(metrics_app, access_log=None)
-        await metrics_runner.setup()
-        await web.TCPSite(metrics_runner, config.metrics_listen.host, config.metrics_listen.port).start()
-    log.info("serving on http://%s:%d", config.listen.host, config.listen.port)
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    app[appkeys.STATE].draining = True
-    log.info("draining (deadline %.0fs)", config.drain_deadline_s)
-    await runner.cleanup()
-    if metrics_runner is not None:
-        await metrics_runner.cleanup()
+    signals = _Signals()  # installed first: a stop during start-up then drains instead of killing
+    loop.add_signal_handler(signal.SIGTERM, signals.on_stop)
+    loop.add_signal_handler(signal.SIGINT, signals.on_stop)
+    loop.add_signal_handler(signal.SIGHUP, signals.reload.set)
+    app = build_app(config)
+    runner = web.AppRunner(
+        app, handler_cancellation=True, access_log=None, shutdown_timeout=CLEANUP_TIMEOUT_S,
+        keepalive_timeout=config.limits.client_header_timeout_s,  # see docs/operations.md: slow clients
+    )
+    await runner.setup()
+    metrics_runner: web.AppRunner | None = None
+    try:
+        site = web.TCPSite(runner, config.listen.host, config.listen.port, reuse_address=True)
+        await site.start()
+        metrics_runner = await _start_metrics_listener(app, config)
+        log.info("serving on http://%s:%d", *runner.addresses[0][:2])
+        _notify("READY=1")
+        await _serve_until_stop(app, signals)
+        await _drain(app, site, signals)
+    finally:
+        await runner.cleanup()  # closes what is left, then the app's cleanup contexts flush usage
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
     log.info("stopped")
+
+
+async def _start_metrics_listener(app: web.Application, config: Config) -> web.AppRunner | None:
+    if config.metrics_listen is None:
+        return None
+    metrics_app = web.Application()
+    metrics_app.router.add_get("/metrics", metrics_handler(app[appkeys.METRICS]))
+    runner = web.AppRunner(metrics_app, access_log=None, shutdown_timeout=CLEANUP_TIMEOUT_S)
+    await runner.setup()
+    await web.TCPSite(runner, config.metrics_listen.host, config.metrics_listen.port, reuse_address=True).start()
+    log.info("metrics on http://%s:%d/metrics", *runner.addresses[0][:2])
+    return runner
+
+
+async def _serve_until_stop(app: web.Application, signals: _Signals) -> None:
+    reloader = asyncio.create_task(_reload_on_signal(app, signals.reload), name="config-reloader")
+    try:
+        await signals.stop.wait()
+    finally:
+        reloader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reloader
+
+
+async def _reload_on_signal(app: web.Application, requested: asyncio.Event) -> None:
+    while True:
+        await requested.wait()
+        requested.clear()  # SIGHUPs that arrive during a reload coalesce into one more
+        _notify("RELOADING=1")
+        await reload_config(app)
+        _notify("READY=1")
+
+
+async def _drain(app: web.Application, site: web.TCPSite, signals: _Signals) -> None:
+    state, limiter, drain = app[appkeys.STATE], app[LIMITER], app[DRAIN]
+    config: Config = state.runtime.config
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + config.drain_deadline_s
+    state.draining = True
+    _notify("STOPPING=1")
+    log.info(
+        "stopping: readiness fails now; %d requests in flight, drain deadline %gs",
+        limiter.in_flight, config.drain_deadline_s,
+    )
+    await _wait_for(signals.hurry, config.drain_unready_delay_s)
+    await site.stop()
+    drain.close()
+    log.info("listener closed; waiting for %d requests (%d streams)", limiter.in_flight, drain.streams)
+    await _until_idle(limiter, signals.hurry, deadline - loop.time())
+    if limiter.in_flight:
+        cut = drain.cut()
+        log.warning(
+            "%s: %d streams end with an in-band error, %d requests still in flight",
+            "second stop signal" if signals.hurry.is_set() else "drain deadline reached", cut, limiter.in_flight,
+        )
+        await _until_idle(limiter, None, CUT_GRACE_S)
+    log.info("drained (%d requests left); flushing usage", limiter.in_flight)
+
+
+async def _wait_for(event: asyncio.Event, timeout: float) -> None:
+    if timeout <= 0:
+        return
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
+
+
+async def _until_idle(limiter: Limiter, hurry: asyncio.Event | None, timeout: float) -> None:
+    """Wait until no proxied request is in flight, the timeout passes, or `hurry` is set."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + max(0.0, timeout)
+    while limiter.in_flight and loop.time() < end and not (hurry is not None and hurry.is_set()):
+        await asyncio.sleep(POLL_S)
+
+
+def _notify(message: str) -> None:
+    """sd_notify(3) without libsystemd: a datagram to $NOTIFY_SOCKET (Type=notify units)."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # abstract socket namespace
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(message.encode(), address)
+        except OSError as exc:
+            log.warning("could not notify systemd (%s): %s", message, exc)

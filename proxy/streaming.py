@@ -51,7 +51,7 @@ async def stream_answer(request: web.Request, answer: Answer, headers: Mapping[s
         try:
             async with request.app[DRAIN].watch():
                 await pump(chunks, relay, response)
-            if not relay.terminal:
+            if not relay.terminal and relay.error is None:  # an upstream in-band error already ended it
                 raise StreamBroken("the upstream closed the stream before it was complete")
             clean = True
             record.outcome = Outcome.UPSTREAM_ERROR if relay.error is not None else Outcome.OK
@@ -70,7 +70,8 @@ async def stream_answer(request: web.Request, answer: Answer, headers: Mapping[s
             record.outcome = Outcome.INTERRUPTED
             metrics.streams_interrupted.labels(lane, "drain_deadline").inc()
             metrics.inband_errors.labels(lane).inc()
-            error = inband_error(DRAIN_MESSAGE, "gateway_restarting", responses=relay.responses, sequence_number=relay.data_events)
+            error = inband_error(DRAIN_MESSAGE, "gateway_restarting", responses=relay.responses,
+                                 sequence_number=relay.data_events)
             await response.write(error)
         await response.write_eof()
         return response
@@ -84,6 +85,8 @@ async def stream_answer(request: web.Request, answer: Answer, headers: Mapping[s
         raise
     finally:
         active.dec()
+        if relay.malformed:
+            metrics.malformed_events.labels(lane).inc(relay.malformed)
         if clean:
             reply.release()
         else:

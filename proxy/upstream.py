@@ -63,7 +63,7 @@ class Reply:
 
 
 class HttpReply(Reply):
-    __slots__ = ("_resp", "status", "headers", "_idle_s", "_last_read", "_timer", "_loop")
+    __slots__ = ("_resp", "status", "headers", "_idle_s", "_last_read", "_timer", "_loop", "_away")
 
     def __init__(self, resp: aiohttp.ClientResponse, idle_s: float) -> None:
         self._resp = resp
@@ -73,6 +73,7 @@ class HttpReply(Reply):
         self._loop = asyncio.get_running_loop()
         self._last_read = self._loop.time()
         self._timer: asyncio.TimerHandle | None = None
+        self._away = False  # a chunk is with the consumer (e.g. blocked writing to a slow client)
 
     # One timer per reply that re-arms itself, instead of a timer per chunk: the hot path only
     # stores the time of the last read.
@@ -83,10 +84,12 @@ class HttpReply(Reply):
     def _check_idle(self) -> None:
         self._timer = None
         deadline = self._last_read + self._idle_s
-        if self._loop.time() >= deadline:
+        if self._away:  # we are not waiting for the upstream, so its silence is not its fault
+            deadline = self._loop.time() + self._idle_s
+        elif self._loop.time() >= deadline:
             self._resp.content.set_exception(IdleTimeout())
-        else:
-            self._timer = self._loop.call_at(deadline, self._check_idle)
+            return
+        self._timer = self._loop.call_at(deadline, self._check_idle)
 
     async def read(self, limit: int) -> bytes:
         parts: list[bytes] = []
@@ -103,8 +106,10 @@ class HttpReply(Reply):
         self._arm()
         try:
             async for chunk in self._resp.content.iter_any():
-                self._last_read = self._loop.time()
+                self._away = True
                 yield chunk
+                self._away = False
+                self._last_read = self._loop.time()  # the wait for the next chunk starts when we ask for it
         except IdleTimeout as exc:
             raise StreamBroken(f"upstream sent nothing for {self._idle_s:g}s", timeout=True) from exc
         except (aiohttp.ClientError, ConnectionError) as exc:

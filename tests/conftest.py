@@ -64,7 +64,6 @@ class Gateway:
     url: str  # http://127.0.0.1:PORT
     base_url: str  # url + "/v1", what an SDK is given
     keys: dict[str, str]  # workspace name → its API key
-    client: openai.AsyncOpenAI  # for the first workspace
     session: aiohttp.ClientSession  # raw HTTP, no auth headers preset
     store_path: Path
     config: Config
@@ -74,7 +73,21 @@ class Gateway:
     resale: list[FakeUpstream]
     nostream: FakeUpstream  # provider "cheapai" (responses_stream: false)
     byok: dict[str, FakeUpstream]
+    client: openai.AsyncOpenAI = field(init=False)  # the official SDK, as the first workspace
     _clients: list[openai.AsyncOpenAI] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.client = self.sdk(next(iter(self.keys))) if self.keys else self._track(
+            openai.AsyncOpenAI(base_url=self.base_url, api_key="none", max_retries=0, timeout=10))
+
+    async def aclose(self) -> None:
+        for client in self._clients:
+            await client.close()
+        await self.session.close()
+
+    def _track(self, client: openai.AsyncOpenAI) -> openai.AsyncOpenAI:
+        self._clients.append(client)
+        return client
 
     @property
     def key(self) -> str:
@@ -88,9 +101,9 @@ class Gateway:
         return {"Authorization": f"Bearer {self.keys[workspace] if workspace else self.key}"}
 
     def sdk(self, workspace: str) -> openai.AsyncOpenAI:
-        client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self.keys[workspace], max_retries=0, timeout=10)
-        self._clients.append(client)
-        return client
+        """An SDK client with that workspace's key (closed at teardown)."""
+        return self._track(
+            openai.AsyncOpenAI(base_url=self.base_url, api_key=self.keys[workspace], max_retries=0, timeout=10))
 
     async def post(self, path: str, json: Any = None, *, data: bytes | None = None,
                    headers: Mapping[str, str] | None = None, workspace: str | None = None) -> Answer:
@@ -190,13 +203,14 @@ async def gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
 
     async def make(*, pool: int = 2, resale: int = 1, byok: tuple[str, ...] = ("openai", "acme"),
                    workspaces: Mapping[str, Mapping[str, str] | None] = DEFAULT_WORKSPACES,
-                   limits: Mapping[str, Any] = {}, pool_policy: Mapping[str, Any] = {},
+                   limits: Mapping[str, Any] | None = None, pool_policy: Mapping[str, Any] | None = None,
                    pool_weights: tuple[float, ...] = ()) -> Gateway:
         pool_fakes = [await fake(f"pool-{i}") for i in range(pool)]
         resale_fakes = [await fake(f"resale-{i}") for i in range(resale)]
         nostream = await fake("cheapai")
         byok_fakes = {name: await fake(f"byok-{name}") for name in byok}
-        raw, env = _config(tmp_path, pool_fakes, pool_weights, resale_fakes, nostream, byok_fakes, limits, pool_policy)
+        raw, env = _config(tmp_path, pool_fakes, pool_weights, resale_fakes, nostream, byok_fakes, limits or {},
+                           pool_policy or {})
         path = tmp_path / "gateway.yaml"
         path.write_text(yaml.safe_dump(raw), encoding="utf-8")
         config = load_config(path, environ=env)
@@ -206,21 +220,12 @@ async def gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
         runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # reason: port 0 → real port
-        url = f"http://127.0.0.1:{port}"
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
-        stack.push_async_callback(session.close)
-        gw = Gateway(url, url + "/v1", keys, None, session, config.store_path, config, app, master,  # type: ignore[arg-type]  # reason: client set below
+        gw = Gateway(url, url + "/v1", keys, session, config.store_path, config, app, master,
                      pool_fakes, resale_fakes, nostream, byok_fakes)
-        gw.client = gw.sdk(next(iter(keys))) if keys else openai.AsyncOpenAI(base_url=gw.base_url, api_key="none")
-
-        async def close_clients() -> None:
-            for client in gw._clients:
-                await client.close()
-
-        stack.push_async_callback(close_clients)
+        stack.push_async_callback(gw.aclose)
         return gw
 
     async with stack:

@@ -87,18 +87,33 @@ async def test_raw_stream_is_the_upstreams_bytes_minus_the_hidden_usage_chunk(ga
     assert answer.body == b"".join(e for e in sent if e != usage_chunk)  # ... and only it was dropped
 
 
-async def test_sse_client_sees_the_upstreams_events(gateway: Any) -> None:
+async def _sse_client_events(gw: Gateway, path: str, body: dict[str, Any], last: str) -> list[tuple[str, str]]:
+    seen = []
+    async with sse_client.EventSource(gw.base_url + path, option={"method": "POST"}, session=gw.session,
+                                      json=body, headers=gw.auth()) as source:
+        async for event in source:  # it would reconnect at the end: stop at the last event
+            seen.append((event.type, event.data))
+            if last in (event.type, event.data):
+                break
+    return seen
+
+
+async def test_sse_client_sees_the_upstreams_responses_events(gateway: Any) -> None:
     gw: Gateway = await gateway(resale=1)
     body = {"model": f"resale/{MODEL}", "input": "hi", "stream": True}
-    seen = []
-    async with sse_client.EventSource(gw.base_url + "/responses", option={"method": "POST"}, session=gw.session,
-                                      json=body, headers=gw.auth()) as source:
-        async for event in source:
-            seen.append((event.type, event.data))
-            if event.type == "response.completed":
-                break
+    seen = await _sse_client_events(gw, "/responses", body, "response.completed")
     sent = payloads.responses_events(MODEL)
     assert seen == [(orjson.loads(data_of(b))["type"], data_of(b).decode()) for b in sent]
+
+
+async def test_sse_client_sees_the_upstreams_chat_events_minus_usage(gateway: Any) -> None:
+    gw: Gateway = await gateway(pool=1)
+    body = {"model": f"cheap/{MODEL}", "messages": CHAT, "stream": True}
+    seen = await _sse_client_events(gw, "/chat/completions", body, "[DONE]")
+    sent = payloads.default_events("/v1/chat/completions", gw.pool[0].requests[0].body)
+    usage_chunk = sse(payloads.chat_usage_chunk(MODEL))
+    assert seen == [(None, data_of(b).decode()) for b in sent if b != usage_chunk]
+    assert len(seen) == len(sent) - 1
 
 
 # --- latency and disconnects -----------------------------------------------------------------------

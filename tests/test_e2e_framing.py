@@ -68,10 +68,19 @@ async def test_split_at_an_awkward_offset_reaches_the_client_byte_exact(gateway:
     assert got == data
 
 
+def short(eols: list[str]) -> bytes:
+    """A short stream (short enough to cut at every byte quickly) with every kind of line."""
+    def eol(i: int) -> str:
+        return eols[i % len(eols)]
+
+    return (f": k{eol(0)}{eol(0)}data: {{\"x\":\"é✓🙂\"}}{eol(1)}{eol(1)}"
+            f"event: m{eol(2)}id: 2{eol(2)}data: {{\"y\":1}}{eol(2)}{eol(2)}data: [DONE]{eol(3)}{eol(3)}").encode()
+
+
 @pytest.mark.parametrize("eol", list(EOLS))
 async def test_split_at_every_byte_reaches_the_client_byte_exact(gateway: Any, eol: str) -> None:
     gw: Gateway = await gateway(pool=1)
-    data = framed(EOLS[eol])
+    data = short(EOLS[eol])
     got = await _relay(gw, split(data, *range(1, len(data)), gap_s=0.001))
     assert got == data
 
@@ -115,13 +124,17 @@ async def test_idle_timeout_mid_stream_is_an_inband_error(gateway: Any) -> None:
     assert row["outcome"] == "upstream_timeout"
 
 
-@pytest.mark.parametrize("stall", [Reply(delay_s=30), Stream(delay_s=30), Stream((30.0,), end=End.HANG),
-                                   Stream((b": keep-alive\n\n", 30.0), end=End.HANG)],
-                         ids=["json-before-headers", "stream-before-headers", "after-headers", "only-a-comment"])
-@pytest.mark.parametrize("stream", [True, False])
+STALLS = {
+    "json-before-headers": (Reply(delay_s=30), False),
+    "stream-before-headers": (Stream(delay_s=30), True),
+    "json-request-stream-before-headers": (Stream(delay_s=30), False),
+    "after-headers": (Stream((30.0,), end=End.HANG), True),
+    "only-a-comment": (Stream((b": keep-alive\n\n", 30.0), end=End.HANG), True),
+}
+
+
+@pytest.mark.parametrize("stall,stream", list(STALLS.values()), ids=list(STALLS))
 async def test_first_byte_timeout_is_504_before_any_byte(gateway: Any, stall: Any, stream: bool) -> None:
-    if isinstance(stall, Stream) and stall.pieces and not stream:
-        pytest.skip("a JSON request does not wait for events")
     gw: Gateway = await gateway(resale=1, limits={"first_byte_timeout_s": 0.5})
     gw.resale[0].script(stall)
     start = time.monotonic()

@@ -1,0 +1,256 @@
+"""Tenant isolation and secret hygiene through a real gateway: interleaved BYOK traffic from two
+workspaces, an auth cache under churn, ciphertexts moved between rows, and canary secrets hunted in
+logs, /metrics, every answer and the SQLite files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import zlib
+from typing import Any
+
+import orjson
+import pytest
+
+from proxy import appkeys, keys
+from proxy.types import Secret
+from tests.conftest import MODEL, PEPPER, Answer, Gateway, pool_key, resale_key
+from tests.fakes import payloads
+from tests.fakes.hostile import CLOSE, metric, scrape
+from tests.fakes.upstream import End, Reply, Stream
+
+BYOK = {
+    "alpha": {"openai": "sk-canary-byok-alpha-openai-7f3a9c", "acme": "acme-canary-alpha-91d2e0"},
+    "beta": {"openai": "sk-canary-byok-beta-openai-c4b812", "acme": "acme-canary-beta-5a66f1"},
+}
+PROVIDERS = ("openai", "acme")
+
+
+def chat_body(model: str, marker: str, stream: bool = False) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": marker}], "stream": stream}
+
+
+async def test_2000_interleaved_byok_requests_each_carry_their_own_workspaces_key(gateway: Any) -> None:
+    gw: Gateway = await gateway(pool=0, resale=1, byok=PROVIDERS, workspaces=BYOK)
+    ids = {name: (await gw.app[appkeys.STORE].get_workspace(name)).id for name in BYOK}
+    plan = [(("alpha", "beta")[i % 2], PROVIDERS[(i // 2) % 2], i % 7 == 0) for i in range(2000)]
+    request_ids: dict[str, tuple[str, str]] = {}
+
+    async def call(i: int) -> None:
+        workspace, provider, stream = plan[i]
+        body = chat_body(f"byok/{provider}/{MODEL}", f"{workspace}/{provider}/{i}", stream)
+        answer = await gw.post("/v1/chat/completions", body, workspace=workspace)
+        assert answer.status == 200, answer.body[:200]
+        assert (b"[DONE]" in answer.body) is stream
+        request_ids[{k.lower(): v for k, v in answer.headers.items()}["x-request-id"]] = (workspace, provider)
+
+    for start in range(0, len(plan), 200):
+        await asyncio.gather(*(call(i) for i in range(start, start + 200)))
+    workspace_keys = set(gw.keys.values())
+    for provider in PROVIDERS:
+        received = gw.byok[provider].requests
+        assert len(received) == 1000
+        for request in received:
+            workspace, sent_provider, _ = request.body["messages"][0]["content"].split("/")
+            assert sent_provider == provider and request.bearer == BYOK[workspace][provider]
+            assert request.headers.get("api-key") is None and request.bearer not in workspace_keys
+    rows = await gw.usage_rows(2000, within_s=10)
+    assert len(rows) == 2000 and {r["outcome"] for r in rows} == {"ok"}
+    for row in rows:
+        workspace, provider = request_ids[row["request_id"]]
+        assert (row["workspace_id"], row["upstream"]) == (ids[workspace], f"byok-{provider}")
+
+
+async def test_auth_cache_never_answers_for_another_workspace_under_churn(gateway: Any) -> None:
+    gw: Gateway = await gateway(pool=1, resale=1, byok=PROVIDERS,
+                                workspaces={"alpha": {"openai": BYOK["alpha"]["openai"]},
+                                            "beta": {"acme": BYOK["beta"]["acme"]}})
+    store, auth = gw.app[appkeys.STORE], gw.app[appkeys.AUTH]
+    live = {"alpha": [gw.keys["alpha"]], "beta": [gw.keys["beta"]]}
+    expect = {"alpha": f"byok/openai/{MODEL}", "beta": f"byok/acme/{MODEL}"}
+    wrong = {"alpha": f"byok/acme/{MODEL}", "beta": f"byok/openai/{MODEL}"}
+
+    async def models(key: str) -> set[str]:
+        async with gw.session.get(gw.base_url + "/models", headers={"Authorization": f"Bearer {key}"}) as resp:
+            assert resp.status == 200
+            return {m["id"] for m in (await resp.json())["data"]}
+
+    async def churn() -> None:
+        for name in ("alpha", "beta"):
+            _, key = await store.create_api_key(name, Secret(PEPPER))  # bumps auth_version: the cache reloads
+            fresh[name] = key.reveal()
+
+    for _ in range(15):
+        fresh: dict[str, str] = {}
+        calls = [(name, key) for name in live for key in live[name]] * 3
+        results, _ = await asyncio.gather(asyncio.gather(*(models(key) for _, key in calls)), churn())
+        for (name, _), ids in zip(calls, results):
+            assert expect[name] in ids and wrong[name] not in ids
+        await auth.refresh()  # the new keys join the next round
+        for name, key in fresh.items():
+            live[name].append(key)
+
+
+async def test_a_key_created_by_the_admin_api_works_for_concurrent_first_requests(gateway: Any) -> None:
+    gw: Gateway = await gateway(pool=1, resale=1, byok=())
+    admin = {"Authorization": f"Bearer {gw.config.admin_token.reveal()}"}
+    async with gw.session.post(f"{gw.url}/admin/workspaces/ws/keys", json={}, headers=admin) as resp:
+        assert resp.status == 201
+        key = (await resp.json())["key"]
+
+    async def status() -> int:
+        async with gw.session.get(gw.base_url + "/models", headers={"Authorization": f"Bearer {key}"}) as resp:
+            return resp.status
+
+    assert await asyncio.gather(*(status() for _ in range(20))) == [200] * 20
+
+
+def forged(key_of: str, secret_of: str) -> str:
+    """One workspace's key id with another key's secret, re-checksummed so it is well-formed."""
+    alphabet = keys.ALPHABET
+    body = key_of[: len(keys.PREFIX) + keys.KEY_ID_LEN + 1] + secret_of[len(keys.PREFIX) + keys.KEY_ID_LEN + 1:
+                                                                      -keys.CHECKSUM_LEN]
+    value, digits = zlib.crc32(body.encode()), []
+    while value:
+        value, rem = divmod(value, 62)
+        digits.append(alphabet[rem])
+    return body + "".join(reversed(digits)).rjust(keys.CHECKSUM_LEN, alphabet[0])
+
+
+async def test_a_key_id_with_another_keys_secret_is_refused(gateway: Any) -> None:
+    gw: Gateway = await gateway(pool=1, resale=1, byok=(), workspaces={"alpha": None, "beta": None})
+    for victim, thief in (("alpha", "beta"), ("beta", "alpha")):
+        key = forged(gw.keys[victim], gw.keys[thief])
+        assert keys.is_well_formed(key) and key not in gw.keys.values()
+        answer = await gw.post("/v1/chat/completions", chat_body(f"cheap/{MODEL}", "x"),
+                               headers={"Authorization": f"Bearer {key}", **CLOSE})
+        assert answer.status == 401 and answer.error["code"] == "invalid_api_key"
+    assert not gw.pool[0].requests
+    assert metric(await scrape(gw.url, gw.session), "okm_auth_failures_total", reason="unknown") == 2
+
+
+async def test_a_ciphertext_copied_to_another_workspace_does_not_decrypt(gateway: Any,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    gw: Gateway = await gateway(pool=0, resale=1, byok=("openai",),
+                                workspaces={"alpha": {"openai": BYOK["alpha"]["openai"]},
+                                            "beta": {"openai": BYOK["beta"]["openai"]}})
+    store = gw.app[appkeys.STORE]
+    alpha, beta = (await store.get_workspace("alpha")), (await store.get_workspace("beta"))
+    stolen = await store.get_byok_key(alpha.id, "openai")
+    await store.put_byok_key(beta.id, "openai", stolen, gw.master.key_id)
+    answer = await gw.post("/v1/chat/completions", chat_body(f"byok/openai/{MODEL}", "x"), workspace="beta",
+                           headers=CLOSE)
+    assert answer.status >= 500 and "cannot be decrypted" in answer.error["message"]
+    assert "store it again" in answer.error["message"]
+    assert not gw.byok["openai"].requests, "a moved ciphertext reached the upstream"
+    for secret in BYOK["alpha"]["openai"], BYOK["beta"]["openai"]:
+        assert secret not in answer.body.decode() and secret not in caplog.text
+    ok = await gw.post("/v1/chat/completions", chat_body(f"byok/openai/{MODEL}", "x"), workspace="alpha")
+    assert ok.status == 200 and gw.byok["openai"].requests[0].bearer == BYOK["alpha"]["openai"]
+
+
+# --- canaries ------------------------------------------------------------------------------------
+
+
+async def canary_workload(gw: Gateway) -> list[Answer]:
+    """Traffic that handles every secret, including errors that quote them."""
+    answers: list[Answer] = []
+    post = gw.post
+    for model in (f"cheap/{MODEL}", f"resale/{MODEL}", f"byok/openai/{MODEL}"):
+        for stream in (False, True):
+            answers.append(await post("/v1/chat/completions", chat_body(model, "hello", stream), workspace="alpha"))
+    gw.pool[0].script(
+        Reply(401, payloads.openai_error(f"Incorrect API key provided: {pool_key(0)}", code="invalid_api_key")))
+    answers.append(await post("/v1/chat/completions", chat_body(f"cheap/{MODEL}", "x"), workspace="alpha"))
+    gw.resale[0].script(
+        Reply(400, payloads.openai_error(f"bad request for key {resale_key(0)} (org-Zz9Yy8Xx7Ww6)")),
+        Reply(500, f"<html>upstream {resale_key(0)} broke</html>", content_type="text/html"),
+        Stream((*payloads.chat_events(MODEL)[:2],
+                payloads.sse(payloads.openai_error(f"overloaded; key {resale_key(0)}", "server_error")))),
+        Stream((*payloads.chat_events(MODEL)[:2],), end=End.RESET))
+    for stream in (False, False, True, True):
+        answers.append(await post("/v1/chat/completions", chat_body(f"resale/{MODEL}", "x", stream), workspace="beta"))
+    gw.byok["openai"].script(Reply(401, payloads.openai_error(
+        f"Incorrect API key provided: {BYOK['alpha']['openai']}", code="invalid_api_key")))
+    answers.append(await post("/v1/chat/completions", chat_body(f"byok/openai/{MODEL}", "x"), workspace="alpha"))
+    for headers in ({"Authorization": "Bearer " + gw.keys["alpha"][:-1] + "Q"},
+                    {"Authorization": "Bearer " + pool_key(0)}, {"api-key": BYOK["beta"]["openai"]}):
+        answers.append(await post("/v1/chat/completions", chat_body(f"cheap/{MODEL}", "x"), headers=headers))
+    async with gw.session.post(f"{gw.url}/v1/chat/completions?api_key={gw.keys['beta']}", json={},
+                               headers=gw.auth("beta")) as resp:
+        answers.append(Answer(resp.status, dict(resp.headers), await resp.read()))
+    answers.append(await post("/v1/chat/completions", {**chat_body(f"resale/{MODEL}", "x"),
+                                                       "extra": {"api_key": BYOK["beta"]["acme"]}}, workspace="beta"))
+    admin = {"Authorization": f"Bearer {gw.config.admin_token.reveal()}"}
+    async with gw.session.put(f"{gw.url}/admin/workspaces/beta/byok/acme", json={"key": BYOK["beta"]["acme"]},
+                              headers=admin) as resp:
+        assert resp.status == 200 and BYOK["beta"]["acme"].encode() not in await resp.read()
+    async with gw.session.get(f"{gw.url}/admin/workspaces", headers=gw.auth("alpha")) as resp:
+        answers.append(Answer(resp.status, dict(resp.headers), await resp.read()))
+    answers.append(await post("/v1/chat/completions", chat_body(f"byok/acme/{MODEL}", "x"), workspace="beta"))
+    assert gw.byok["acme"].requests[-1].bearer == BYOK["beta"]["acme"]
+    return answers
+
+
+async def test_canary_secrets_never_leak(gateway: Any, caplog: pytest.LogCaptureFixture,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    caplog.set_level("DEBUG")
+    gw: Gateway = await gateway(pool=1, resale=1, byok=PROVIDERS,
+                                workspaces={"alpha": {"openai": BYOK["alpha"]["openai"]}, "beta": {}})
+    answers = await canary_workload(gw)
+    assert any(a.status >= 400 for a in answers) and any(a.status == 200 for a in answers)
+    master = gw.config.byok_master_key.reveal()
+    canaries = {
+        "workspace key alpha": gw.keys["alpha"], "workspace key beta": gw.keys["beta"],
+        "pool key": pool_key(0), "resale key": resale_key(0), "cheapai key": "sk-cheapai-operatorsecret",
+        "pepper": PEPPER, "admin token": gw.config.admin_token.reveal(), "master key": master,
+        "master key bytes (hex)": base64.b64decode(master).hex(),
+        **{f"byok {w}/{p}": k for w, per in BYOK.items() for p, k in per.items()},
+    }
+    places = {
+        "answers": b"\n".join(a.body + str(a.headers).encode() for a in answers).decode(errors="replace"),
+        "logs": caplog.text + "".join(capsys.readouterr()),
+        "metrics": await scrape(gw.url, gw.session),
+    }
+    store_bytes = b""
+    await gw.usage_rows(len(answers))  # settled: the usage writer is idle
+    for suffix in ("", "-wal", "-shm"):
+        path = gw.store_path.with_name(gw.store_path.name + suffix)
+        if path.exists():
+            store_bytes += path.read_bytes()
+    assert gw.store_path.with_name(gw.store_path.name + "-wal").exists()
+    leaks = [f"{name} in {where}" for name, secret in canaries.items() for where, text in places.items()
+             if secret in text]
+    leaks += [f"{name} in the SQLite files" for name, secret in canaries.items()
+              if secret.encode() in store_bytes or secret.encode("utf-16-le") in store_bytes]
+    assert "org-Zz9Yy8Xx7Ww6" not in places["answers"]  # operator account ids are masked too
+    assert not leaks, leaks
+
+
+@pytest.mark.parametrize("n", [2])
+async def test_interleaved_streams_of_two_workspaces_never_cross(gateway: Any, n: int) -> None:
+    """Streams of both workspaces interleaved event by event: each client gets only its own events."""
+    gw: Gateway = await gateway(pool=0, resale=1, byok=("openai",), workspaces=BYOK)
+    fake = gw.byok["openai"]
+    for i in range(40):
+        events = [payloads.sse(payloads.chat_chunk(MODEL, {"content": f"#{i}.{j}"})) for j in range(5)]
+        fake.script(Stream(tuple(itertools.chain.from_iterable((e, 0.005) for e in events)) + (payloads.done(),)))
+
+    async def call(i: int) -> tuple[str, bytes]:
+        workspace = ("alpha", "beta")[i % n]
+        answer = await gw.post("/v1/chat/completions", chat_body(f"byok/openai/{MODEL}", f"{workspace}", True),
+                               workspace=workspace)
+        return workspace, answer.body
+
+    results = await asyncio.gather(*(call(i) for i in range(40)))
+    by_request = {r.body["messages"][0]["content"]: r.bearer for r in fake.requests}
+    assert set(by_request) == {"alpha", "beta"} and all(BYOK[w]["openai"] == k for w, k in by_request.items())
+    for _, body in results:  # every stream is one script, whole: no event of another stream got mixed in
+        contents = [e["choices"][0]["delta"]["content"] for e in map(orjson.loads, _datas(body))]
+        assert len({c.split(".")[0] for c in contents}) == 1 and len(contents) == 5
+
+
+def _datas(body: bytes) -> list[bytes]:
+    return [payloads.data_of(b) for b in payloads.blocks(body) if payloads.data_of(b) != b"[DONE]"]
