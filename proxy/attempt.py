@@ -75,8 +75,10 @@ def upstream_body(spec: AttemptSpec, target: UpstreamTarget) -> tuple[bytes, boo
 
 async def attempt(client: UpstreamClient, spec: AttemptSpec, target: UpstreamTarget) -> Answer:
     body, stream, hide_usage = upstream_body(spec, target)
+    # One first-byte budget for the attempt: headers and, for streams, the first event.
+    deadline = asyncio.get_running_loop().time() + spec.first_byte_timeout_s
     try:
-        reply = await client.send(target, spec.endpoint, body, spec.headers, stream)
+        reply = await client.send(target, spec.endpoint, body, spec.headers, stream, deadline)
     except UpstreamFailure as exc:
         cls = errors.UpstreamTimeoutError if exc.result is AttemptResult.TIMEOUT else errors.UpstreamError
         raise AttemptFailed(exc.result, cls(f"upstream attempt failed: {exc.message}")) from exc
@@ -84,7 +86,7 @@ async def attempt(client: UpstreamClient, spec: AttemptSpec, target: UpstreamTar
         if reply.status >= 400:
             raise await _failure(reply, target, spec)
         if stream and reply.content_type == "text/event-stream":
-            return await _first_events(reply, target, spec, hide_usage)
+            return await _first_events(reply, target, spec, hide_usage, deadline)
         if stream:
             raise await _failure(reply, target, spec)  # a JSON (error) answer to a stream request
         raw = await reply.read(MAX_JSON_ANSWER_BYTES)
@@ -103,13 +105,14 @@ async def attempt(client: UpstreamClient, spec: AttemptSpec, target: UpstreamTar
     return Answer(target, reply.status, reply.headers, body=raw)
 
 
-async def _first_events(reply: Reply, target: UpstreamTarget, spec: AttemptSpec, hide_usage: bool) -> Answer:
+async def _first_events(reply: Reply, target: UpstreamTarget, spec: AttemptSpec, hide_usage: bool,
+                        deadline: float) -> Answer:
     relay = StreamRelay(spec.max_event_bytes, responses=spec.endpoint is Endpoint.RESPONSES, hide_usage_chunk=hide_usage,
                         mask=spec.mask)
     chunks = reply.chunks().__aiter__()
     first: list[bytes] = []
     try:
-        async with asyncio.timeout(spec.first_byte_timeout_s):
+        async with asyncio.timeout_at(deadline):
             while relay.data_events == 0:
                 first.append(relay.feed(await anext(chunks)))
     except StopAsyncIteration as exc:

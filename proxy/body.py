@@ -43,17 +43,23 @@ async def read_body(request: web.Request, max_bytes: int, timeout_s: float) -> b
         raise UnsupportedMediaError(f"compressed request bodies ({encoding}) are not supported; send plain JSON")
     if request.content_length is not None and request.content_length > max_bytes:
         raise _too_large(max_bytes)
-    chunks: list[bytes] = []
-    size = 0
+    if request.content.is_eof():  # the whole body already arrived with the headers: no timer needed
+        return await _collect(request, max_bytes)
     try:
         async with asyncio.timeout(timeout_s):
-            async for chunk in request.content.iter_any():
-                size += len(chunk)
-                if size > max_bytes:
-                    raise _too_large(max_bytes)
-                chunks.append(chunk)
+            return await _collect(request, max_bytes)
     except TimeoutError as exc:
         raise RequestTimeoutError(f"the request body was not received within {timeout_s:g}s") from exc
+
+
+async def _collect(request: web.Request, max_bytes: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(max_bytes)
+        chunks.append(chunk)
     return b"".join(chunks)
 
 

@@ -6,10 +6,12 @@ key, a workspace, a prompt or a model string from a client.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from proxy.types import RequestRecord
 
 # LLM traffic spans milliseconds (auth failures) to many minutes (long generations).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
@@ -55,10 +57,32 @@ class Metrics:
                                "Proxied requests in flight (what limits.max_concurrent_requests caps).", registry=r)
         self.draining = Gauge("okm_draining", "1 while the process is stopping (readiness fails).", registry=r)
         self._scrape_hooks: list[Callable[[], None]] = []
+        self._children: dict[tuple[object, ...], Any] = {}  # see child()
 
     def on_scrape(self, hook: Callable[[], None]) -> None:
         """Run `hook` before each render, so gauges read from live state (pool health) are current."""
         self._scrape_hooks.append(hook)
+
+    def child(self, family: Any, *labels: str) -> Any:
+        """`family.labels(*labels)`, memoized: labels() takes a lock and hashes every call."""
+        key = (id(family), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = family.labels(*labels)
+        return found
+
+    def observe_request(self, record: RequestRecord) -> None:
+        """Everything a finished request adds: count, duration, time to first byte, tokens."""
+        lane = record.route.lane.value if record.route else "none"
+        endpoint = record.endpoint.value
+        self.child(self.requests, lane, endpoint, str(record.status)).inc()
+        self.child(self.duration, lane, endpoint).observe(record.duration_s or 0.0)
+        if record.ttfb_s is not None:
+            self.child(self.ttfb, lane, endpoint).observe(record.ttfb_s)
+        if record.usage.prompt_tokens:
+            self.child(self.tokens, lane, "prompt").inc(record.usage.prompt_tokens)
+        if record.usage.completion_tokens:
+            self.child(self.tokens, lane, "completion").inc(record.usage.completion_tokens)
 
     def render(self) -> bytes:
         for hook in self._scrape_hooks:

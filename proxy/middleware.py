@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-import uuid
 from typing import Awaitable, Callable
 
 from aiohttp import web
@@ -31,7 +31,7 @@ def error_response(exc: errors.ProxyError, request_id: str) -> web.Response:
 
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = "req_" + uuid.uuid4().hex
+    request_id = "req_" + os.urandom(16).hex()
     endpoint = _route_endpoint(request)
     if endpoint is None:  # health, metrics, admin: no usage record
         try:
@@ -110,17 +110,7 @@ def _finish(request: web.Request, record: RequestRecord) -> None:
     if record.status == 0:
         record.status = 499  # the client left before any status was sent (nginx's convention)
     app = request.app
-    metrics = app[appkeys.METRICS]
-    lane = record.route.lane.value if record.route else "none"
-    endpoint = record.endpoint.value
-    metrics.requests.labels(lane, endpoint, str(record.status)).inc()
-    metrics.duration.labels(lane, endpoint).observe(record.duration_s)
-    if record.ttfb_s is not None:
-        metrics.ttfb.labels(lane, endpoint).observe(record.ttfb_s)
-    if record.usage.prompt_tokens:
-        metrics.tokens.labels(lane, "prompt").inc(record.usage.prompt_tokens)
-    if record.usage.completion_tokens:
-        metrics.tokens.labels(lane, "completion").inc(record.usage.completion_tokens)
+    app[appkeys.METRICS].observe_request(record)
     if record.principal is not None:
         app[appkeys.USAGE].finish(record)
     log_request(record, app[appkeys.STATE].runtime.config.log.access_log)

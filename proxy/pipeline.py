@@ -112,7 +112,7 @@ async def failover(app: web.Application, runtime: Runtime, lane: Any, route: Rou
                     lane.end(target)
                     raise
                 lane.report(target, AttemptResult.SUCCESS, None)
-                metrics.attempts.labels(route.lane, target.name, AttemptResult.SUCCESS).inc()
+                metrics.child(metrics.attempts, route.lane, target.name, AttemptResult.SUCCESS).inc()
                 return answer
     except TimeoutError as exc:
         raise errors.UpstreamTimeoutError(f"no upstream answered {route.public_model} in time") from exc

@@ -41,7 +41,7 @@ async def stream_answer(request: web.Request, answer: Answer, headers: Mapping[s
     assert relay is not None and reply is not None and chunks is not None
     lane = record.route.lane if record.route else "none"
     metrics = request.app[appkeys.METRICS]
-    active = metrics.active_streams.labels(lane)
+    active = metrics.child(metrics.active_streams, lane)
     active.inc()
     clean = False
     try:

@@ -154,9 +154,11 @@ class UpstreamClient:
             self._session = None
 
     async def send(
-        self, target: UpstreamTarget, endpoint: Endpoint, body: bytes, headers: Mapping[str, str], stream: bool
+        self, target: UpstreamTarget, endpoint: Endpoint, body: bytes, headers: Mapping[str, str], stream: bool,
+        deadline: float | None = None,
     ) -> Reply:
-        """Send one attempt and wait for the status line and headers (first-byte timeout)."""
+        """Send one attempt and wait for the status line and headers, until `deadline` (loop time;
+        default: the first-byte timeout from now)."""
         if target.kind == "mock":
             return self.mock.reply(target, endpoint, body, stream)
         assert self._session is not None, "UpstreamClient.open() was not called"
@@ -168,7 +170,9 @@ class UpstreamClient:
             out[hdrs.ACCEPT_ENCODING] = "identity"  # a compressed stream could not be relayed event by event
         url = f"{target.base_url}/{endpoint.value}"
         try:
-            async with asyncio.timeout(self.limits.first_byte_timeout_s):
+            if deadline is None:
+                deadline = asyncio.get_running_loop().time() + self.limits.first_byte_timeout_s
+            async with asyncio.timeout_at(deadline):
                 resp = await self._session.post(url, data=body, headers=out, allow_redirects=False)
         except TimeoutError as exc:
             raise UpstreamFailure(
