@@ -10,6 +10,7 @@ from typing import AsyncIterator
 from aiohttp import web
 
 from proxy import appkeys
+from proxy.accesslog import AccessLog
 from proxy.admin import setup_admin_routes
 from proxy.admission import admission, close_when_draining
 from proxy.auth import Authenticator
@@ -46,6 +47,8 @@ def build_app(config: Config, metrics: Metrics | None = None) -> web.Application
     app[appkeys.METRICS].on_scrape(LiveMetrics(app))
     app.on_response_prepare.append(close_when_draining)
     app[appkeys.UPSTREAM] = UpstreamClient(config.limits)
+    app[appkeys.ACCESS_LOG] = AccessLog()
+    app.cleanup_ctx.append(_access_log_ctx)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_upstream_ctx)
     add_routes(app)
@@ -75,6 +78,13 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     await usage.stop()
     await auth.stop()
     await store.close()
+
+
+async def _access_log_ctx(app: web.Application) -> AsyncIterator[None]:
+    access_log: AccessLog = app[appkeys.ACCESS_LOG]
+    await access_log.start()
+    yield
+    await access_log.stop()  # last: after the store context has finished every request's record
 
 
 async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:

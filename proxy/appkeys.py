@@ -14,3 +14,4 @@ USAGE: web.AppKey[Any] = web.AppKey("usage", object)  # usage.UsageRecorder
 UPSTREAM: web.AppKey[Any] = web.AppKey("upstream", object)  # upstream.UpstreamClient
 METRICS: web.AppKey[Any] = web.AppKey("metrics", object)  # metrics.Metrics
 STATE: web.AppKey[Any] = web.AppKey("state", object)  # app.State: current Runtime (swapped on reload), ready, draining
+ACCESS_LOG: web.AppKey[Any] = web.AppKey("access_log", object)  # accesslog.AccessLog

@@ -14,7 +14,7 @@ from typing import Awaitable, Callable
 from aiohttp import web
 
 from proxy import appkeys, errors
-from proxy.accesslog import log_request
+from proxy.accesslog import access_line
 from proxy.auth import failure_reason
 from proxy.pipeline import RECORD
 from proxy.types import Endpoint, Outcome, RequestRecord
@@ -113,4 +113,5 @@ def _finish(request: web.Request, record: RequestRecord) -> None:
     app[appkeys.METRICS].observe_request(record)
     if record.principal is not None:
         app[appkeys.USAGE].finish(record)
-    log_request(record, app[appkeys.STATE].runtime.config.log.access_log)
+    if app[appkeys.STATE].runtime.config.log.access_log:
+        app[appkeys.ACCESS_LOG].write(access_line(record))
