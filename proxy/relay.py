@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from typing import Any, AsyncIterator
 
 import orjson
@@ -18,6 +19,8 @@ from proxy.types import Usage
 from proxy.upstream import StreamBroken
 
 TAIL_GRACE_S = 0.05  # how long the end of the body may trail the terminal event
+# A chunk holding any of these needs the per-event path: usage objects, errors, CR line ends.
+_NEEDS_EVENTS = re.compile(rb'\r|"usage"\s*:\s*\{|"error"')
 _RESPONSES_ERROR_FIELDS = ("type", "code", "message", "param", "sequence_number")
 
 
@@ -41,12 +44,33 @@ class StreamRelay:
         On an over-size event, raises EventTooLarge with `.forward` set to the bytes of the
         complete events that preceded it in this chunk (they are still owed to the client).
         """
+        if self._plain(chunk):
+            return chunk
         try:
             events = self.decoder.feed(chunk)
         except sse.EventTooLarge as exc:
             exc.forward = self._select(exc.events)  # type: ignore[attr-defined]  # reason: carried to the writer
             raise
         return self._select(events) if events else b""
+
+    def _plain(self, chunk: bytes) -> bool:
+        """Fast path for the common chat chunk: whole `data: {...}` events, LF-only, nothing to
+        read in them but [DONE]. It is forwarded as it is, with the same bookkeeping the event
+        path would do; anything else (split events, comments, event:/id: lines, CR, usage,
+        errors, Responses streams) takes the event path.
+        """
+        if self.responses or not self.decoder.idle or not chunk.endswith(b"\n\n") or len(chunk) > self.decoder.max_bytes:
+            return False
+        events = chunk.count(b"\n\n")
+        if chunk.count(b"\n") != 2 * events or chunk.count(b"data: ") != events or _NEEDS_EVENTS.search(chunk):
+            return False
+        done = chunk.count(b"data: [DONE]\n")
+        if chunk.count(b"data: {") + done != events or chunk.count(b"}\n\n") + done != events:
+            return False
+        self.data_events += events
+        if done:
+            self.terminal = True
+        return True
 
     def _select(self, events: list[sse.Event]) -> bytes:
         out = []

@@ -68,7 +68,7 @@ class Decoder:
     """Feed it chunks as they arrive; get back only complete events. Like httpx's LineDecoder."""
 
     def __init__(self, max_event_bytes: int = 8 * 1024 * 1024) -> None:
-        self._max = max_event_bytes
+        self._max = self.max_bytes = max_event_bytes
         self._reset()
 
     def _reset(self) -> None:
@@ -178,6 +178,11 @@ class Decoder:
         self._event = self._id = None
         self._data = []
         return event
+
+    @property
+    def idle(self) -> bool:
+        """True between events: nothing buffered, no CR awaiting its LF, BOM check done."""
+        return self._started and not self._buf and not self._skip_lf
 
     def close(self) -> bytes:
         """At EOF: the bytes of an unterminated event (b"" if none), for diagnosis. Resets the decoder."""

@@ -11,6 +11,7 @@ from typing import AsyncIterator, Mapping
 
 import aiohttp
 from aiohttp import hdrs
+from yarl import URL
 
 from proxy.config import Limits
 from proxy.mock import MockProvider
@@ -138,15 +139,27 @@ class UpstreamClient:
         self.limits = limits
         self.mock = MockProvider()
         self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[tuple[str, Endpoint], URL] = {}
 
     async def open(self) -> None:
         connector = aiohttp.TCPConnector(
             limit=self.limits.upstream_connections, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True
         )
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.limits.connect_timeout_s)
+        # DummyCookieJar: one session serves every tenant, so an upstream's Set-Cookie must never
+        # be stored and replayed on someone else's request.
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=timeout, skip_auto_headers=(hdrs.USER_AGENT,), auto_decompress=True
+            connector=connector, timeout=timeout, skip_auto_headers=(hdrs.USER_AGENT,), auto_decompress=True,
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
+
+    def _url(self, base_url: str, endpoint: Endpoint) -> URL:
+        """Parsed once per upstream and endpoint (yarl parsing costs more than the lookup)."""
+        key = (base_url, endpoint)
+        url = self._urls.get(key)
+        if url is None:
+            url = self._urls[key] = URL(f"{base_url}/{endpoint.value}")
+        return url
 
     async def close(self) -> None:
         if self._session is not None:
@@ -168,7 +181,7 @@ class UpstreamClient:
             out[hdrs.AUTHORIZATION] = "Bearer " + target.api_key.reveal()
         if stream:
             out[hdrs.ACCEPT_ENCODING] = "identity"  # a compressed stream could not be relayed event by event
-        url = f"{target.base_url}/{endpoint.value}"
+        url = self._url(target.base_url, endpoint)
         try:
             if deadline is None:
                 deadline = asyncio.get_running_loop().time() + self.limits.first_byte_timeout_s

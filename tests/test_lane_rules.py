@@ -314,3 +314,4 @@ async def test_byok_isolation_under_interleaved_load(gateway: Any) -> None:
         workspace = request.body["messages"][0]["content"].split("#")[0]
         assert request.bearer == keys[workspace]
     assert {r.body["messages"][0]["content"] for r in received} == {f"{names[i % 2]}#{i}" for i in range(1000)}
+

@@ -420,3 +420,33 @@ def test_format_event() -> None:
         format_event(b"a\nb")
     with pytest.raises(AssertionError):
         format_event(b"a\rb")
+
+
+# The relay's fast path for plain chat chunks must agree with the event path exactly.
+from proxy.relay import StreamRelay  # noqa: E402  # reason: grouped with the tests that use it
+
+_PLAIN = b'data: {"choices":[{"delta":{"content":"hi"}}],"usage":null}\n\n'
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [_PLAIN, _PLAIN * 3, b"data: [DONE]\n\n"],
+        [_PLAIN + b"data: [DONE]\n\n"],
+        [_PLAIN[:10], _PLAIN[10:] + _PLAIN, b"data: [DONE]\n\n"],  # split event: event path, then fast
+        [b": ping\n\n", _PLAIN, b"data: {oops\n\n", b"data: [DONE]\n\n"],  # comment, malformed
+        [_PLAIN.replace(b"\n", b"\r\n"), b"data: [DONE]\r\n\r\n"],
+        [b'data: {"choices":[],"usage":{"prompt_tokens":2,"completion_tokens":3,"total_tokens":5}}\n\n' + _PLAIN],
+        [b'data: {"error":{"message":"boom"}}\n\n'],
+        [b'data: {"text": "data: {x}"}\n\n'],
+    ],
+)
+def test_relay_fast_path_matches_event_path(chunks):
+    fast = StreamRelay(1 << 20, responses=False, hide_usage_chunk=True)
+    slow = StreamRelay(1 << 20, responses=False, hide_usage_chunk=True)
+    slow._plain = lambda chunk: False  # type: ignore[method-assign]  # reason: force the event path
+    out_fast = b"".join(fast.feed(c) for c in chunks)
+    out_slow = b"".join(slow.feed(c) for c in chunks)
+    assert out_fast == out_slow
+    for field in ("data_events", "terminal", "malformed", "usage", "error"):
+        assert getattr(fast, field) == getattr(slow, field), field
