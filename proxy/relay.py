@@ -44,8 +44,15 @@ class StreamRelay:
         On an over-size event, raises EventTooLarge with `.forward` set to the bytes of the
         complete events that preceded it in this chunk (they are still owed to the client).
         """
-        if self._plain(chunk):
-            return chunk
+        if not self.responses and self.decoder.idle and chunk.startswith(b"data: "):
+            cut = self._plain_prefix(chunk)
+            if cut == len(chunk):
+                return chunk
+            if cut:
+                return chunk[:cut] + self._decode(chunk[cut:])
+        return self._decode(chunk)
+
+    def _decode(self, chunk: bytes) -> bytes:
         try:
             events = self.decoder.feed(chunk)
         except sse.EventTooLarge as exc:
@@ -53,24 +60,30 @@ class StreamRelay:
             raise
         return self._select(events) if events else b""
 
-    def _plain(self, chunk: bytes) -> bool:
-        """Fast path for the common chat chunk: whole `data: {...}` events, LF-only, nothing to
-        read in them but [DONE]. It is forwarded as it is, with the same bookkeeping the event
-        path would do; anything else (split events, comments, event:/id: lines, CR, usage,
-        errors, Responses streams) takes the event path.
+    def _plain_prefix(self, chunk: bytes) -> int:
+        """Length of the leading run of plain chat events in `chunk`, forwarded as they are.
+
+        Plain: whole `data: {...}` (or `data: [DONE]`) events, LF-only, with nothing to read in
+        them but [DONE]. The bookkeeping is what the event path would do. Everything after the
+        first usage object, error, CR or odd line (comments, event:/id:, multi-line data) and any
+        unfinished event take the event path. Chat streams only; the caller checked that the
+        decoder is between events.
         """
-        if self.responses or not self.decoder.idle or not chunk.endswith(b"\n\n") or len(chunk) > self.decoder.max_bytes:
-            return False
-        events = chunk.count(b"\n\n")
-        if chunk.count(b"\n") != 2 * events or chunk.count(b"data: ") != events or _NEEDS_EVENTS.search(chunk):
-            return False
-        done = chunk.count(b"data: [DONE]\n")
-        if chunk.count(b"data: {") + done != events or chunk.count(b"}\n\n") + done != events:
-            return False
+        special = _NEEDS_EVENTS.search(chunk)
+        end = chunk.rfind(b"\n\n", 0, len(chunk) if special is None else special.start()) + 2
+        if end < 2 or end > self.decoder.max_bytes:
+            return 0
+        prefix = chunk if end == len(chunk) else chunk[:end]
+        events = prefix.count(b"\n\n")
+        done = prefix.count(b"data: [DONE]\n")
+        if (prefix.count(b"\n") != 2 * events or prefix.count(b"data: ") != events
+                or prefix.count(b"data: {") + done != events or prefix.count(b"}\n\n") + done != events):
+            return 0
+        self.decoder.skip_bom_check()  # the chunk starts with "data: ", so it carries no BOM
         self.data_events += events
         if done:
             self.terminal = True
-        return True
+        return end
 
     def _select(self, events: list[sse.Event]) -> bytes:
         out = []

@@ -181,8 +181,12 @@ class Decoder:
 
     @property
     def idle(self) -> bool:
-        """True between events: nothing buffered, no CR awaiting its LF, BOM check done."""
-        return self._started and not self._buf and not self._skip_lf
+        """True between events: nothing buffered and no CR awaiting its LF."""
+        return not self._buf and not self._skip_lf
+
+    def skip_bom_check(self) -> None:
+        """The caller consumed the stream's first bytes itself, and they were no BOM."""
+        self._started = True
 
     def close(self) -> bytes:
         """At EOF: the bytes of an unterminated event (b"" if none), for diagnosis. Resets the decoder."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+import tracemalloc
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -340,19 +341,26 @@ async def test_slow_reader_backpressures_the_upstream(gateway: Any) -> None:
     rig.fake.script(Stream(flood, headers=CLOSE))  # type: ignore[arg-type]  # reason: a lazy iterable of pieces
     body = {"model": rig.model, "messages": CHAT, "stream": True}
     digest, size = hashlib.sha256(), 0
-    async with rig.gw.session.post(rig.gw.url + "/v1/chat/completions", json=body,
-                                   headers={**rig.gw.auth(), **CLOSE}) as resp:
-        chunk = await resp.content.readany()
-        digest.update(chunk)
-        size += len(chunk)
-        await asyncio.sleep(2 * IDLE_S)  # the client reads nothing: every buffer on the way fills up
-        stalled = flood.pulled
-        await asyncio.sleep(IDLE_S)
-        assert flood.pulled == stalled, "the upstream kept writing while the client read nothing"
-        assert stalled < 24 << 20, f"{stalled} bytes in flight for one stalled stream"
-        async for chunk in resp.content.iter_any():  # reading again lets the upstream go on, to the end
+    tracemalloc.start()
+    try:
+        async with rig.gw.session.post(rig.gw.url + "/v1/chat/completions", json=body,
+                                       headers={**rig.gw.auth(), **CLOSE}) as resp:
+            chunk = await resp.content.readany()
             digest.update(chunk)
             size += len(chunk)
+            await asyncio.sleep(2 * IDLE_S)  # the client reads nothing: every buffer on the way fills up
+            stalled = flood.pulled
+            await asyncio.sleep(IDLE_S)
+            held = tracemalloc.get_traced_memory()[0]  # gateway, fake and client together, in this process
+            tracemalloc.stop()
+            assert flood.pulled == stalled, "the upstream kept writing while the client read nothing"
+            assert stalled < 24 << 20, f"{stalled} bytes in flight for one stalled stream (mostly socket buffers)"
+            assert held < 4 << 20, f"{held} bytes of Python memory held for one stalled stream"
+            async for chunk in resp.content.iter_any():  # reading again lets the upstream go on, to the end
+                digest.update(chunk)
+                size += len(chunk)
+    finally:
+        tracemalloc.stop()
     expected = flood.expected()
     assert flood.finished and size == len(expected) and digest.digest() == hashlib.sha256(expected).digest(), \
         "a client slower than the idle timeout got a broken stream"

@@ -439,12 +439,20 @@ _PLAIN = b'data: {"choices":[{"delta":{"content":"hi"}}],"usage":null}\n\n'
         [b'data: {"choices":[],"usage":{"prompt_tokens":2,"completion_tokens":3,"total_tokens":5}}\n\n' + _PLAIN],
         [b'data: {"error":{"message":"boom"}}\n\n'],
         [b'data: {"text": "data: {x}"}\n\n'],
+        # plain events, then the usage chunk and [DONE] in the same read: prefix fast, rest per event
+        [_PLAIN * 3 + b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}\n\n'
+         + b"data: [DONE]\n\n"],
+        [_PLAIN * 2 + _PLAIN[:7], _PLAIN[7:] + b"data: [DONE]\n\n"],  # a trailing partial event
+        [_PLAIN + b'data: {"error":{"message":"org-AbCdEf1234567890 is over quota"}}\n\n'],
+        [_PLAIN + b"\r\n" + _PLAIN],  # a CR after the prefix
+        [b"\xef\xbb\xbf" + _PLAIN],  # a BOM: never the fast path
     ],
 )
-def test_relay_fast_path_matches_event_path(chunks):
-    fast = StreamRelay(1 << 20, responses=False, hide_usage_chunk=True)
-    slow = StreamRelay(1 << 20, responses=False, hide_usage_chunk=True)
-    slow._plain = lambda chunk: False  # type: ignore[method-assign]  # reason: force the event path
+@pytest.mark.parametrize("mask", [None, ("acct-name",)])
+def test_relay_fast_path_matches_event_path(chunks, mask):
+    fast = StreamRelay(1 << 20, responses=False, hide_usage_chunk=True, mask=mask)
+    slow = StreamRelay(1 << 20, responses=False, hide_usage_chunk=True, mask=mask)
+    slow._plain_prefix = lambda chunk: 0  # type: ignore[method-assign]  # reason: force the event path
     out_fast = b"".join(fast.feed(c) for c in chunks)
     out_slow = b"".join(slow.feed(c) for c in chunks)
     assert out_fast == out_slow
