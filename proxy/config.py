@@ -19,6 +19,7 @@ from proxy.errors import ConfigError
 from proxy.types import Secret
 
 PROVIDER_KINDS = ("openai", "mock")
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +125,7 @@ class Config:
     byok_providers: Mapping[str, ByokProvider]
     env: Mapping[str, str] = field(repr=False, default_factory=dict)
     drain_unready_delay_s: float = 0.0  # /readyz fails this long before the listener closes
+    event_loop: str = "auto"  # auto: uvloop when installed, else asyncio's own
 
 
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
@@ -190,6 +192,7 @@ def _build(root: Reader, source: Path, env: dict[str, str]) -> Config:
         byok_providers=MappingProxyType(byok),
         env=MappingProxyType(env),
         drain_unready_delay_s=unready_delay,
+        event_loop=root.choice("event_loop", EVENT_LOOPS, default="auto"),
     )
 
 

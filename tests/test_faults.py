@@ -215,6 +215,24 @@ async def test_midstream_error_event_is_forwarded_and_ends_the_stream(rig: Rig) 
     await rig.settled()
 
 
+async def test_midstream_responses_error_event_is_masked_on_operator_lanes(rig: Rig) -> None:
+    events = payloads.responses_events(MODEL)[:4]
+    error = {"type": "error", "code": "server_error", "message": "failed for proj_Abc123Def456 (org-Abc123Def456)",
+             "param": None, "sequence_number": 4, "account": "acct_9f8e7d6c5b4a"}
+    rig.fake.script(Stream((*events, sse(error, event="error")), headers=CLOSE))
+    answer = await rig.gw.post("/v1/responses", {"model": rig.model, "input": "hi", "stream": True}, headers=CLOSE)
+    got = blocks(answer.body)
+    assert got[:4] == events and len(got) == 5 and got[4].startswith(b"event: error\n")
+    relayed = orjson.loads(data_of(got[4]))
+    if rig.lane == "byok":
+        assert relayed == error
+    else:  # masked, and fields beyond the documented ones dropped, as for errors before the first byte
+        expected = {**error, "message": "failed for proj_*** (org-***)"}
+        del expected["account"]
+        assert relayed == expected
+    await rig.settled()
+
+
 async def test_one_malformed_event_is_forwarded_and_counted(rig: Rig) -> None:
     bad = b'data: {"id": "chatcmpl-fake1", "choices": [{"delta": {"content": "cut off\n\n'
     rig.fake.script(Stream((EVENTS[0], bad, *EVENTS[1:], USAGE, payloads.done()), headers=CLOSE))

@@ -197,3 +197,19 @@ async def test_drain_cuts_every_watched_stream_and_any_that_starts_later() -> No
     assert await asyncio.wait_for(asyncio.gather(*running), 2) == ["cut"] * 3
     assert drain.streams == 0
     assert await asyncio.wait_for(stream(), 2) == "cut"  # a stream that starts after the cut
+
+
+def test_event_loop_choice() -> None:
+    """`event_loop: asyncio` is asyncio's own loop; `uvloop` needs the package, `auto` takes it if there."""
+    from proxy.errors import ConfigError
+    from proxy.server import loop_factory
+
+    assert loop_factory("asyncio") is None
+    try:
+        import uvloop
+    except ImportError:
+        assert loop_factory("auto") is None
+        with pytest.raises(ConfigError, match="uvloop is not installed"):
+            loop_factory("uvloop")
+    else:
+        assert loop_factory("auto") is uvloop.new_event_loop is loop_factory("uvloop")
