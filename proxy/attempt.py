@@ -27,7 +27,8 @@ class Answer:
     target: UpstreamTarget
     status: int
     headers: Mapping[str, str]
-    body: bytes | None = None  # JSON answers: the whole body
+    body: bytes | None = None  # JSON answers: the whole body ...
+    parsed: dict[str, Any] | None = None  # ... and that body parsed (read for usage)
     reply: Reply | None = None  # streams: the open reply ...
     chunks: AsyncIterator[bytes] | None = None  # ... its chunk iterator, already advanced
     first: bytes = b""  # ... and the events read before committing
@@ -99,10 +100,11 @@ async def attempt(client: UpstreamClient, spec: AttemptSpec, target: UpstreamTar
         reply.close()
         raise
     reply.release()
-    if _json_object(raw) is None:  # e.g. a web page from a misconfigured base URL: never relay it as a 200
+    parsed = json_object(raw)
+    if parsed is None:  # e.g. a web page from a misconfigured base URL: never relay it as a 200
         error = errors.UpstreamError(f"the upstream answered HTTP {reply.status} with a body that is not a JSON object")
         raise AttemptFailed(AttemptResult.SERVER_ERROR, error)
-    return Answer(target, reply.status, reply.headers, body=raw)
+    return Answer(target, reply.status, reply.headers, body=raw, parsed=parsed)
 
 
 async def _first_events(reply: Reply, target: UpstreamTarget, spec: AttemptSpec, hide_usage: bool,
@@ -166,7 +168,7 @@ async def _failure(reply: Reply, target: UpstreamTarget, spec: AttemptSpec) -> A
     if result is AttemptResult.AUTH_ERROR:
         error = errors.UpstreamError("the upstream refused the gateway's operator credentials")
         return AttemptFailed(result, error)
-    body = _json_object(raw)
+    body = json_object(raw)
     if body is None or not isinstance(body.get("error"), dict):
         what = "a stream request with JSON" if status < 400 else f"HTTP {status} with a body that is not an OpenAI error"
         return AttemptFailed(result, errors.UpstreamError(f"the upstream answered {what}"), retry_after)
@@ -179,7 +181,7 @@ def _status_error(status: int, body: dict[str, Any], spec: AttemptSpec, retry_af
     return errors.UpstreamStatusError(status, body, retry_after)
 
 
-def _json_object(raw: bytes) -> dict[str, Any] | None:
+def json_object(raw: bytes) -> dict[str, Any] | None:
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError:

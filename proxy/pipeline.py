@@ -10,7 +10,6 @@ import asyncio
 import time
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from proxy import appkeys, errors, scrub
@@ -146,7 +145,7 @@ async def answer_client(request: web.Request, answer: Answer, spec: AttemptSpec,
     if answer.relay is not None:
         return await stream_answer(request, answer, headers, record, prompt_bytes)
     assert answer.body is not None
-    parsed = _json(answer.body)
+    parsed = answer.parsed
     if spec.client_stream and spec.endpoint is Endpoint.RESPONSES:
         try:
             events = synthesize_response_events(parsed or {})
@@ -159,14 +158,6 @@ async def answer_client(request: web.Request, answer: Answer, spec: AttemptSpec,
     record.status = answer.status
     record.ttfb_s = time.monotonic() - record.t0
     return web.Response(body=answer.body, status=answer.status, headers=headers)
-
-
-def _json(raw: bytes) -> dict[str, Any] | None:
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _usage(obj: dict[str, Any], responses: bool) -> Usage:
