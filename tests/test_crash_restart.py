@@ -171,6 +171,8 @@ async def test_sigterm_with_50_streams_in_flight_drains_and_exits_0(rig: Rig) ->
     assert [rows[o.request_id][0] for o in finished] == ["ok"] * 25
     assert [rows[o.request_id][0] for o in cut] == ["interrupted"] * 25
     assert "in_flight" not in {outcome for outcome, _ in rows.values()}
+    log = gateway.output()
+    assert "Traceback" not in log and POOL_KEY not in log and rig.key not in log
 
 
 # --- a store that cannot be written --------------------------------------------------------------

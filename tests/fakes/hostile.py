@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -248,10 +249,8 @@ class GatewayProcess:
         raise AssertionError(f"gateway not ready within {within_s}s:\n{self.output()[-3000:]}")
 
     def _port(self) -> int | None:
-        for line in reversed(self.output().splitlines()):
-            if "serving on http://" in line:
-                return int(line.rsplit(":", 1)[1].strip().rstrip("/"))
-        return None
+        found = re.findall(r"serving on http://[^:\s]+:(\d+)", self.output())
+        return int(found[-1]) if found else None
 
     @staticmethod
     async def _ready(port: int) -> bool:
@@ -287,17 +286,6 @@ class GatewayProcess:
         if self.proc is not None and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
-
-
-def open_fds(pid: int) -> list[str]:
-    """What the process's descriptors point at (sockets show as socket:[inode])."""
-    out = []
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            out.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
-        except FileNotFoundError:
-            continue
-    return out
 
 
 def sse_events(raw: bytes) -> list[dict[str, Any]]:
