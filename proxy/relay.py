@@ -155,7 +155,38 @@ def inband_error(message: str, code: str, *, responses: bool, sequence_number: i
     return sse.format_event(orjson.dumps(payload))
 
 
-async def pump(chunks: AsyncIterator[bytes], relay: StreamRelay, response: web.StreamResponse) -> None:
+class ClientStalled(Exception):
+    """The client stopped reading: a write waited longer than the stall limit."""
+
+
+class ClientWriter:
+    """Writes to the client with a bound on how long a write may wait for the client to read.
+
+    Only a write that would fill the socket's send buffer (so aiohttp waits for the client to
+    drain it) gets a timer; ordinary writes cost one size check.
+    """
+
+    __slots__ = ("_response", "_transport", "_high", "_timeout_s")
+
+    def __init__(self, response: web.StreamResponse, transport: asyncio.Transport | None, timeout_s: float) -> None:
+        self._response = response
+        self._transport = transport
+        self._high = transport.get_write_buffer_limits()[1] if transport is not None else 0
+        self._timeout_s = timeout_s
+
+    async def write(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is None or transport.get_write_buffer_size() + len(data) <= self._high:
+            await self._response.write(data)
+            return
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._response.write(data)
+        except TimeoutError as exc:
+            raise ClientStalled(f"the client read nothing for {self._timeout_s:g}s") from exc
+
+
+async def pump(chunks: AsyncIterator[bytes], relay: StreamRelay, client: ClientWriter) -> None:
     """Forward every complete event as soon as it is complete; raises on upstream failure.
 
     Stops at the terminal event ([DONE], a final Responses event): an upstream that keeps the
@@ -168,10 +199,10 @@ async def pump(chunks: AsyncIterator[bytes], relay: StreamRelay, response: web.S
             return
         data = relay.feed(chunk)
         if data:
-            await response.write(data)
+            await client.write(data)
     with contextlib.suppress(TimeoutError, StreamBroken, sse.EventTooLarge):
         async with asyncio.timeout(TAIL_GRACE_S):
             async for chunk in chunks:  # e.g. the LF of a CRLF whose CR ended the last event
                 data = relay.feed(chunk)
                 if data:
-                    await response.write(data)
+                    await client.write(data)

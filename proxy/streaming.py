@@ -13,7 +13,7 @@ from aiohttp import web
 from proxy import appkeys
 from proxy.attempt import Answer
 from proxy.drain import DRAIN, DrainDeadline
-from proxy.relay import inband_error, pump
+from proxy.relay import ClientStalled, ClientWriter, inband_error, pump
 from proxy.sse import EventTooLarge
 from proxy.types import Outcome, RequestRecord
 from proxy.upstream import StreamBroken
@@ -49,8 +49,10 @@ async def stream_answer(request: web.Request, answer: Answer, headers: Mapping[s
         if answer.first:
             await response.write(answer.first)
         try:
+            stall_s = request.app[appkeys.STATE].runtime.config.limits.idle_timeout_s
+            client = ClientWriter(response, request.transport, stall_s)
             async with request.app[DRAIN].watch():
-                await pump(chunks, relay, response)
+                await pump(chunks, relay, client)
             if not relay.terminal and relay.error is None:  # an upstream in-band error already ended it
                 raise StreamBroken("the upstream closed the stream before it was complete")
             clean = True
@@ -79,6 +81,12 @@ async def stream_answer(request: web.Request, answer: Answer, headers: Mapping[s
         record.outcome = Outcome.CLIENT_CANCELLED
         metrics.client_disconnects.labels("streaming").inc()
         return web.Response(status=499)  # never sent: the client is gone; keeps the handler contract
+    except ClientStalled:
+        record.outcome = Outcome.CLIENT_CANCELLED
+        metrics.client_disconnects.labels("stalled").inc()
+        if request.transport is not None:
+            request.transport.abort()  # it reads nothing: an in-band error could not reach it either
+        return web.Response(status=499)
     except asyncio.CancelledError:
         record.outcome = Outcome.CLIENT_CANCELLED
         metrics.client_disconnects.labels("streaming").inc()
