@@ -38,6 +38,7 @@ class Limits:
     max_event_bytes: int = 8 * 1024 * 1024
     max_concurrent_requests: int = 2000
     client_body_timeout_s: float = 30.0
+    client_stall_timeout_s: float = 120.0  # a stream whose client reads nothing this long is dropped
     upstream_connections: int = 1000
     client_header_timeout_s: float = 15.0  # also the idle keep-alive timeout (restart to change)
 

@@ -86,6 +86,7 @@ async def _serve(config: Config) -> None:
     runner = web.AppRunner(
         app, handler_cancellation=True, access_log=None, shutdown_timeout=CLEANUP_TIMEOUT_S,
         keepalive_timeout=config.limits.client_header_timeout_s,  # see docs/operations.md: slow clients
+        auto_decompress=False,  # never inflate a client body: body.read_body refuses encoded ones (415)
     )
     await runner.setup()
     metrics_runner: web.AppRunner | None = None

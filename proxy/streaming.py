@@ -49,7 +49,7 @@ async def stream_answer(request: web.Request, answer: Answer, headers: Mapping[s
         if answer.first:
             await response.write(answer.first)
         try:
-            stall_s = request.app[appkeys.STATE].runtime.config.limits.idle_timeout_s
+            stall_s = request.app[appkeys.STATE].runtime.config.limits.client_stall_timeout_s
             client = ClientWriter(response, request.transport, stall_s)
             async with request.app[DRAIN].watch():
                 await pump(chunks, relay, client)

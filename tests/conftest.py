@@ -217,7 +217,8 @@ async def gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
         master = MasterKey.from_base64(env["OKM_MASTER_KEY"], "OKM_MASTER_KEY")
         keys = await _create_workspaces(config, master, workspaces)
         app = build_app(config)
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5)
+        runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5,
+                               auto_decompress=False)  # as proxy.server runs it
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         await web.TCPSite(runner, "127.0.0.1", 0).start()

@@ -390,7 +390,7 @@ async def test_slow_reader_backpressures_the_upstream(gateway: Any) -> None:
 
 
 async def test_a_client_that_never_reads_again_is_dropped(gateway: Any) -> None:
-    rig = await make_rig(gateway, "resale")
+    rig = await make_rig(gateway, "resale", client_stall_timeout_s=IDLE_S)
     unit = sse(payloads.chat_chunk(MODEL, {"content": "y" * 16000}))
     flood = Flood(unit, len(unit) * 3072, head=(EVENTS[0],), tail=payloads.done())
     rig.fake.script(Stream(flood, headers=CLOSE))  # type: ignore[arg-type]  # reason: a lazy iterable of pieces
@@ -398,7 +398,10 @@ async def test_a_client_that_never_reads_again_is_dropped(gateway: Any) -> None:
     async with rig.gw.session.post(rig.gw.url + "/v1/chat/completions", json=body,
                                    headers={**rig.gw.auth(), **CLOSE}) as resp:
         await resp.content.readany()
-        await rig.fake.wait_no_connections(within_s=IDLE_S + 1.5)  # no progress either way for idle_timeout_s
+        await rig.fake.wait_no_connections(within_s=IDLE_S + 1.5)  # the client read nothing for the stall limit
+    [row] = await rig.gw.usage_rows(1)
+    assert row["outcome"] == "client_cancelled"
+    assert metric(await rig.gw.metrics(), "okm_client_disconnects_total", phase="stalled") == 1
 
 
 async def test_slowloris_connections_are_closed_at_the_header_timeout(tmp_path: Any) -> None:
