@@ -74,10 +74,12 @@ def upstream_body(spec: AttemptSpec, target: UpstreamTarget) -> tuple[bytes, boo
     return orjson.dumps(data), stream, hide_usage
 
 
-async def attempt(client: UpstreamClient, spec: AttemptSpec, target: UpstreamTarget) -> Answer:
+async def attempt(client: UpstreamClient, spec: AttemptSpec, target: UpstreamTarget,
+                  request_deadline: float = float("inf")) -> Answer:
     body, stream, hide_usage = upstream_body(spec, target)
-    # One first-byte budget for the attempt: headers and, for streams, the first event.
-    deadline = asyncio.get_running_loop().time() + spec.first_byte_timeout_s
+    # One first-byte budget for the attempt (headers and, for streams, the first event), never
+    # past the request's own deadline.
+    deadline = min(asyncio.get_running_loop().time() + spec.first_byte_timeout_s, request_deadline)
     try:
         reply = await client.send(target, spec.endpoint, body, spec.headers, stream, deadline)
     except UpstreamFailure as exc:

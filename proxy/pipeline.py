@@ -89,32 +89,35 @@ async def failover(app: web.Application, runtime: Runtime, lane: Any, route: Rou
     """Try the lane's targets in order, before the first byte only; raise the client's error."""
     metrics = app[appkeys.METRICS]
     failures: list[AttemptFailed] = []
-    try:
-        async with asyncio.timeout(runtime.config.limits.request_deadline_s):
-            for target in lane.targets(route, key):
-                if failures:
-                    metrics.fallbacks.labels(route.lane).inc()
-                record.attempts += 1
-                record.upstream = target.name
-                lane.begin(target)
-                try:
-                    answer = await attempt(app[appkeys.UPSTREAM], spec, target)
-                except AttemptFailed as failed:
-                    lane.end(target)
-                    lane.report(target, failed.result, failed.retry_after)
-                    metrics.attempts.labels(route.lane, target.name, failed.result).inc()
-                    if failed.result is AttemptResult.CLIENT_ERROR or target.byok_provider:
-                        raise failed.error from None
-                    failures.append(failed)
-                    continue
-                except BaseException:
-                    lane.end(target)
-                    raise
-                lane.report(target, AttemptResult.SUCCESS, None)
-                metrics.child(metrics.attempts, route.lane, target.name, AttemptResult.SUCCESS).inc()
-                return answer
-    except TimeoutError as exc:
-        raise errors.UpstreamTimeoutError(f"no upstream answered {route.public_model} in time") from exc
+    loop = asyncio.get_running_loop()
+    # One deadline bounds all attempts; each attempt's own timer is capped by it (no second timer).
+    deadline = loop.time() + runtime.config.limits.request_deadline_s
+    for target in lane.targets(route, key):
+        if loop.time() >= deadline:
+            raise errors.UpstreamTimeoutError(f"no upstream answered {route.public_model} in time")
+        if failures:
+            metrics.fallbacks.labels(route.lane).inc()
+        record.attempts += 1
+        record.upstream = target.name
+        lane.begin(target)
+        try:
+            answer = await attempt(app[appkeys.UPSTREAM], spec, target, deadline)
+        except AttemptFailed as failed:
+            lane.end(target)
+            lane.report(target, failed.result, failed.retry_after)
+            metrics.attempts.labels(route.lane, target.name, failed.result).inc()
+            if failed.result is AttemptResult.CLIENT_ERROR or target.byok_provider:
+                raise failed.error from None
+            failures.append(failed)
+            continue
+        except BaseException:
+            lane.end(target)
+            raise
+        lane.report(target, AttemptResult.SUCCESS, None)
+        metrics.child(metrics.attempts, route.lane, target.name, AttemptResult.SUCCESS).inc()
+        return answer
+    if failures and loop.time() >= deadline:
+        raise errors.UpstreamTimeoutError(f"no upstream answered {route.public_model} in time")
     raise exhausted(lane, route, failures)
 
 

@@ -104,7 +104,8 @@ class HttpReply(Reply):
 
     async def chunks(self) -> AsyncIterator[bytes]:
         self._last_read = self._loop.time()
-        self._arm()
+        if not self._resp.content.is_eof():  # a body already complete needs no idle timer
+            self._arm()
         try:
             async for chunk in self._resp.content.iter_any():
                 self._away = True

@@ -315,3 +315,17 @@ async def test_byok_isolation_under_interleaved_load(gateway: Any) -> None:
         assert request.bearer == keys[workspace]
     assert {r.body["messages"][0]["content"] for r in received} == {f"{names[i % 2]}#{i}" for i in range(1000)}
 
+
+
+async def test_request_deadline_bounds_failover_across_the_pool(gateway: Any) -> None:
+    """Each account stalls before its headers: the per-attempt first-byte timeout fails over, and
+    limits.request_deadline_s ends the whole request with a 504 before every account is tried."""
+    gw: Gateway = await gateway(pool=3, limits={"first_byte_timeout_s": 0.6, "request_deadline_s": 1.0})
+    for fake in gw.pool:
+        fake.default = Reply(delay_s=5)
+    started = asyncio.get_running_loop().time()
+    answer = await gw.post("/v1/chat/completions", {"model": f"cheap/{MODEL}", "messages": CHAT})
+    elapsed = asyncio.get_running_loop().time() - started
+    assert answer.status == 504 and answer.error["code"] == "upstream_timeout"
+    assert 0.9 < elapsed < 1.8
+    assert sum(len(f.requests) for f in gw.pool) == 2  # the second attempt was cut at the deadline
