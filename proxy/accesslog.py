@@ -13,6 +13,7 @@ import time
 from typing import IO, Iterable
 
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 
 from proxy.types import RequestRecord
 
@@ -62,6 +63,19 @@ def configure_logging(level: str, known: Iterable[str] = ()) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.captureWarnings(True)  # warnings go through the same redaction, not straight to stderr
+    logging.getLogger("aiohttp.server").addFilter(quiet_bad_requests)
+
+
+def quiet_bad_requests(record: logging.LogRecord) -> bool:
+    """A malformed HTTP request (refused by aiohttp's parser before the app runs) is the client's
+    fault: one warning line naming the problem, not an ERROR with a traceback."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, HttpProcessingError):
+        record.msg = f"{record.msg}: refused a malformed HTTP request ({type(exc).__name__}: {exc.message})"
+        record.exc_info = None
+        record.exc_text = None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+    return True
 
 
 class AccessLog:
