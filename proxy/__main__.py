@@ -1,3 +1,5 @@
+"""`python -m proxy`: the CLI."""
+
 from proxy.cli import main
 
 raise SystemExit(main())

@@ -13,7 +13,8 @@ from aiohttp import web
 from proxy import appkeys
 from proxy.attempt import Answer
 from proxy.drain import DRAIN, DrainDeadline
-from proxy.relay import ClientStalled, ClientWriter, inband_error, pump
+from proxy.metrics import Metrics
+from proxy.relay import ClientStalled, ClientWriter, StreamRelay, inband_error, pump
 from proxy.sse import EventTooLarge
 from proxy.types import Outcome, RequestRecord
 from proxy.upstream import StreamBroken
@@ -58,16 +59,7 @@ async def stream_answer(request: web.Request, answer: Answer, headers: Mapping[s
             clean = True
             record.outcome = Outcome.UPSTREAM_ERROR if relay.error is not None else Outcome.OK
         except (StreamBroken, EventTooLarge) as exc:
-            timeout = isinstance(exc, StreamBroken) and exc.timeout
-            record.outcome = Outcome.UPSTREAM_TIMEOUT if timeout else Outcome.UPSTREAM_ERROR
-            reason = "idle_timeout" if timeout else ("event_too_large" if isinstance(exc, EventTooLarge) else "upstream_broke")
-            metrics.streams_interrupted.labels(lane, reason).inc()
-            metrics.inband_errors.labels(lane).inc()
-            if isinstance(exc, EventTooLarge) and getattr(exc, "forward", b""):
-                await response.write(exc.forward)  # type: ignore[attr-defined]  # reason: set by StreamRelay.feed
-            message = exc.message if isinstance(exc, StreamBroken) else "an upstream stream event exceeded the size limit"
-            code = "upstream_timeout" if timeout else "upstream_error"
-            await response.write(inband_error(message, code, responses=relay.responses, sequence_number=relay.data_events))
+            await _upstream_broke(response, relay, record, exc, metrics)
         except DrainDeadline:
             record.outcome = Outcome.INTERRUPTED
             metrics.streams_interrupted.labels(lane, "drain_deadline").inc()
@@ -100,6 +92,22 @@ async def stream_answer(request: web.Request, answer: Answer, headers: Mapping[s
         else:
             reply.close()  # a forced close: the upstream stops generating at once
         record.usage = relay.usage if relay.usage is not None else relay.estimated_usage(prompt_bytes)
+
+
+async def _upstream_broke(response: web.StreamResponse, relay: StreamRelay, record: RequestRecord,
+                          exc: StreamBroken | EventTooLarge, metrics: Metrics) -> None:
+    """The upstream failed mid-stream: what it owed still goes out, then one in-band error."""
+    lane = record.route.lane if record.route else "none"
+    timeout = isinstance(exc, StreamBroken) and exc.timeout
+    record.outcome = Outcome.UPSTREAM_TIMEOUT if timeout else Outcome.UPSTREAM_ERROR
+    reason = "idle_timeout" if timeout else ("event_too_large" if isinstance(exc, EventTooLarge) else "upstream_broke")
+    metrics.streams_interrupted.labels(lane, reason).inc()
+    metrics.inband_errors.labels(lane).inc()
+    if isinstance(exc, EventTooLarge) and getattr(exc, "forward", b""):
+        await response.write(exc.forward)  # type: ignore[attr-defined]  # reason: set by StreamRelay.feed
+    message = exc.message if isinstance(exc, StreamBroken) else "an upstream stream event exceeded the size limit"
+    code = "upstream_timeout" if timeout else "upstream_error"
+    await response.write(inband_error(message, code, responses=relay.responses, sequence_number=relay.data_events))
 
 
 async def synthesized_stream(request: web.Request, events: list[bytes], headers: Mapping[str, str],
