@@ -1,0 +1,54 @@
+"""The shipped default config, driven the way scripts/serve drives it: CLI set-up, then
+`python -m proxy serve`, then the landing page's model IDs through the official SDK, offline."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import openai
+
+from proxy.crypto import generate_master_key
+from tests.fakes.hostile import ROOT, GatewayProcess
+
+
+def _cli(config: Path, env: dict[str, str], *args: str, stdin: str | None = None) -> str:
+    done = subprocess.run([sys.executable, "-m", "proxy", *args, "--config", str(config)], cwd=ROOT, env=env,
+                          input=stdin, capture_output=True, text=True, timeout=60, check=True)
+    return done.stdout
+
+
+async def test_default_config_serves_every_lane_offline(tmp_path: Path) -> None:
+    (tmp_path / "config").mkdir()
+    text = (ROOT / "config" / "gateway.yaml").read_text().replace("port: 8080", "port: 0")
+    config = tmp_path / "config" / "gateway.yaml"
+    config.write_text(text)
+    secrets = {"OKM_KEY_PEPPER": "pepper-" + "x" * 32, "OKM_MASTER_KEY": generate_master_key()}
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "okm.env").write_text("".join(f"{k}={v}\n" for k, v in secrets.items()))
+    env = {"PATH": "/usr/bin:/bin"}  # the secrets come only from var/okm.env, as with scripts/serve
+    _cli(config, env, "workspace", "create", "demo")
+    _cli(config, env, "workspace", "byok-enable", "demo")
+    _cli(config, env, "byok", "set", "demo", "openai", stdin="demo-offline-provider-key\n")
+    key = next(line.split()[-1] for line in _cli(config, env, "key", "create", "demo").splitlines()
+               if line.startswith("key:"))
+    gateway = await GatewayProcess(config, env, tmp_path / "gateway.log").start()
+    try:
+        client = openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0)
+        ids = {m.id for m in (await client.models.list()).data}
+        assert {"cheap/gpt-5.4", "resale/gpt-5.4", "byok/openai/gpt-5.4"} <= ids
+        for model in ("cheap/gpt-5.4", "resale/gpt-5.4", "byok/openai/gpt-5.4"):
+            answer = await client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+            assert "mock" in (answer.choices[0].message.content or "") and answer.usage.total_tokens > 0
+        stream = await client.chat.completions.create(model="resale/gpt-5.4", stream=True,
+                                                      messages=[{"role": "user", "content": "hi"}])
+        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        assert text.startswith("Hello from the OneKeyModels mock")
+        events = [e.type async for e in await client.responses.create(model="cheap/gpt-5.4", input="hi", stream=True)]
+        assert events[0] == "response.created" and events[-1] == "response.completed"
+        vectors = await client.embeddings.create(model="cheap/text-embedding-3-small", input=["a", "b"])
+        assert len(vectors.data) == 2 and len(vectors.data[0].embedding) == 8
+    finally:
+        gateway.stop()
+    assert (tmp_path / "var" / "okm.sqlite3").exists()  # relative paths resolve against the config's folder
