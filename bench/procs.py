@@ -102,15 +102,16 @@ class Procs:
             stop(proc)
 
 
-def stop(proc: subprocess.Popen, grace_s: float = 6.0) -> None:
-    if proc.poll() is not None:
-        return
-    os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+def stop(proc: subprocess.Popen, grace_s: float = 6.0) -> int:
+    """SIGTERM by PID, SIGKILL after `grace_s`; the exit status."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode
 
 
 def read_port(log: Path, proc: subprocess.Popen, name: str, timeout: float = 20.0) -> int:

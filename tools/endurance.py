@@ -13,7 +13,6 @@ import asyncio
 import os
 import random
 import secrets
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -28,8 +27,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.procs import stop  # noqa: E402  # reason: needs the repo root on sys.path first
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MODEL_SLOW, MODEL_FAST = "slow", "fast"
+STOP_GRACE_S = 40.0  # a drain of 1,000 streams may take a while
 
 
 @dataclass
@@ -52,17 +54,6 @@ def spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[by
     with log.open("ab") as out:
         return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
-
-
-def stop(proc: subprocess.Popen[bytes], grace_s: float = 40.0) -> int:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return proc.returncode
 
 
 def wait_for(predicate, what: str, within_s: float = 30.0) -> None:  # noqa: ANN001  # reason: any callable
@@ -319,12 +310,12 @@ def main() -> int:
         gateway = spawn([sys.executable, "-m", "proxy", "serve", "--config", str(config)], env, run / "gateway.log")
         wait_for(lambda: _ready(port), "gateway")
         asyncio.run(drive(args, port, key, upstream_port, gateway.pid, report))
-        report["exit_status"] = stop(gateway)
+        report["exit_status"] = stop(gateway, STOP_GRACE_S)
         report["usage_rows"] = usage_summary(run / "okm.sqlite3")
     finally:
         if gateway is not None:
-            stop(gateway)
-        stop(upstream)
+            stop(gateway, STOP_GRACE_S)
+        stop(upstream, STOP_GRACE_S)
         (run / "report.json").write_text(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
     print_summary(report, run)
     return 0 if verdict(report) else 1
