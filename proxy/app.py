@@ -14,6 +14,7 @@ from proxy.accesslog import AccessLog
 from proxy.admin import setup_admin_routes
 from proxy.admission import admission, close_when_draining
 from proxy.auth import Authenticator
+from proxy.byok import ByokVault
 from proxy.config import Config
 from proxy.drain import DRAIN, Drain
 from proxy.handlers import add_routes
@@ -72,6 +73,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         await store.close()
         raise
     app[appkeys.STORE], app[appkeys.AUTH], app[appkeys.USAGE] = store, auth, usage
+    app[appkeys.BYOK] = ByokVault(store, auth)
     state.ready = True
     yield
     state.ready = False

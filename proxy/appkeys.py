@@ -15,3 +15,4 @@ UPSTREAM: web.AppKey[Any] = web.AppKey("upstream", object)  # upstream.UpstreamC
 METRICS: web.AppKey[Any] = web.AppKey("metrics", object)  # metrics.Metrics
 STATE: web.AppKey[Any] = web.AppKey("state", object)  # app.State: current Runtime (swapped on reload), ready, draining
 ACCESS_LOG: web.AppKey[Any] = web.AppKey("access_log", object)  # accesslog.AccessLog
+BYOK: web.AppKey[Any] = web.AppKey("byok", object)  # byok.ByokVault

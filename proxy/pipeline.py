@@ -15,7 +15,6 @@ from aiohttp import web
 from proxy import appkeys, errors, scrub
 from proxy.attempt import Answer, AttemptFailed, AttemptSpec, attempt
 from proxy.body import parse_body, read_body
-from proxy.byok import workspace_key
 from proxy.lanes import CheapLane
 from proxy.limits import admit_workspace
 from proxy.responses_stream import synthesize_response_events
@@ -47,7 +46,7 @@ async def proxy_request(request: web.Request, endpoint: Endpoint) -> web.StreamR
     admit_workspace(request, record)  # 429 before any upstream call; the stream flag is known now
     key = None
     if route.lane is Lane.BYOK:
-        key = await workspace_key(app[appkeys.STORE], runtime.master_key, principal, route.provider or "")
+        key = await app[appkeys.BYOK].key_for(runtime.master_key, principal, route.provider or "")
     spec = AttemptSpec(
         endpoint=endpoint,
         data=scrub.scrub_request_body(

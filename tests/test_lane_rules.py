@@ -329,3 +329,24 @@ async def test_request_deadline_bounds_failover_across_the_pool(gateway: Any) ->
     assert answer.status == 504 and answer.error["code"] == "upstream_timeout"
     assert 0.9 < elapsed < 1.8
     assert sum(len(f.requests) for f in gw.pool) == 2  # the second attempt was cut at the deadline
+
+
+async def test_a_replaced_byok_key_is_used_within_the_refresh_bound(gateway: Any) -> None:
+    """Ciphertexts are cached per auth-table version: a key replaced from another process (the
+    CLI) is used within about a second, never the stale one after that."""
+    from proxy.crypto import encrypt_provider_key
+    from proxy.store import Store
+
+    gw: Gateway = await gateway(pool=1, resale=1, byok=("openai",), workspaces={"ws": {"openai": "sk-byok-old-0001"}})
+    body = {"model": f"byok/openai/{MODEL}", "messages": CHAT}
+    assert (await gw.post("/v1/chat/completions", body)).status == 200
+    other = await Store.open(gw.store_path)  # another connection, as the CLI would have
+    try:
+        [workspace] = [w for w in await other.list_workspaces() if w.name == "ws"]
+        blob = encrypt_provider_key(gw.master, workspace.id, "openai", "sk-byok-new-0002")
+        await other.put_byok_key(workspace.id, "openai", blob, gw.master.key_id)
+    finally:
+        await other.close()
+    await asyncio.sleep(1.2)  # the authenticator checks the store's change counter once a second
+    assert (await gw.post("/v1/chat/completions", body)).status == 200
+    assert [r.bearer for r in gw.byok["openai"].requests] == ["sk-byok-old-0001", "sk-byok-new-0002"]
