@@ -22,7 +22,6 @@ from proxy.crypto import MasterKey, MasterKeyError
 from proxy.store import Store
 from proxy.store_types import KEEP, StoreError, Workspace
 
-NEW_MASTER_KEY_ENV = "OKM_NEW_MASTER_KEY"
 Command = Callable[[argparse.Namespace, Config], Awaitable[int]]
 
 
@@ -163,15 +162,17 @@ async def byok_set(args: argparse.Namespace, config: Config) -> int:
 
 @_handled
 async def byok_rotate(args: argparse.Namespace, config: Config) -> int:
-    value = os.environ.get(NEW_MASTER_KEY_ENV) or _read_secret("new master key (base64, input hidden): ")
-    new = MasterKey.from_base64(value, NEW_MASTER_KEY_ENV)
+    env_name = config.byok_next_master_key_env
+    configured = config.byok_next_master_key.reveal() if config.byok_next_master_key is not None else None
+    value = configured or _read_secret("new master key (base64, input hidden): ")
+    new = MasterKey.from_base64(value, env_name)
     current = admin_ops.current_master_key(config) if config.byok_master_key is not None else None
     async with _store(config) as store:
         moved = await admin_ops.rotate_master_key(store, current, new)
-    env = config.byok_master_key_env
     print(f"re-encrypted {moved} BYOK key(s) under the new master key (id {new.key_id}).")
-    print(f"Next: set {env} to the new key (the value you passed in {NEW_MASTER_KEY_ENV}) in the gateway's "
-          f"environment file, then restart the gateway; until then it cannot decrypt BYOK keys.")
+    print(f"Next: put the new key in {config.byok_master_key_env}, remove {env_name}, and restart the gateway. "
+          f"A gateway that has {env_name} set already serves the re-encrypted keys; one that has not cannot "
+          f"decrypt them until that restart.")
     return 0
 
 
@@ -228,7 +229,8 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     set_parser = leaf(byok, "set", byok_set, "store a workspace's provider key, read from stdin")
     set_parser.add_argument("workspace")
     set_parser.add_argument("provider")
-    leaf(byok, "rotate-master-key", byok_rotate, f"re-encrypt every BYOK key under ${NEW_MASTER_KEY_ENV} (or stdin)")
+    leaf(byok, "rotate-master-key", byok_rotate, "re-encrypt every BYOK key under the next master key "
+         "($OKM_NEW_MASTER_KEY, or byok_next_master_key_env; else stdin)")
 
     usage = sub.add_parser("usage", help="usage totals per workspace, lane and model", parents=parents)
     usage.add_argument("workspace", nargs="?")

@@ -64,7 +64,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     config = state.runtime.config
     store = await Store.open(config.store_path)
     try:
-        await check_master_key(store, state.runtime.master_key, config.byok_master_key_env)
+        await check_master_key(store, state.runtime)
         auth = Authenticator(store, config.key_pepper)
         await auth.start()
         usage = UsageRecorder(store)

@@ -19,7 +19,8 @@ class ByokVault:
         self._auth = auth
         self._blobs: dict[tuple[int, str], tuple[int | None, bytes | None]] = {}
 
-    async def key_for(self, master: MasterKey | None, principal: Principal, provider: str) -> Secret:
+    async def key_for(self, masters: tuple[MasterKey, ...], principal: Principal, provider: str) -> Secret:
+        """The workspace's key for `provider`, opened with the first of `masters` that seals it."""
         if not principal.byok_enabled:
             raise errors.ByokNotEnabledError(
                 "BYOK is in limited rollout and is not enabled for this workspace; ask support to enable it, "
@@ -32,12 +33,14 @@ class ByokVault:
                 f"`byok set {principal.workspace_name} {provider}`",
                 param="model",
             )
-        if master is None:
+        if not masters:
             raise errors.ServiceUnavailableError("BYOK keys cannot be read: the gateway has no master key configured")
-        try:
-            return decrypt_provider_key(master, principal.workspace_id, provider, blob)
-        except MasterKeyError as exc:
-            raise errors.ProxyError(f"the stored {provider} key for this workspace cannot be decrypted; store it again") from exc
+        for master in masters:
+            try:
+                return decrypt_provider_key(master, principal.workspace_id, provider, blob)
+            except MasterKeyError:
+                continue  # mid-rotation the key may be sealed with the next master key
+        raise errors.ProxyError(f"the stored {provider} key for this workspace cannot be decrypted; store it again")
 
     async def _blob(self, workspace_id: int, provider: str) -> bytes | None:
         """The stored ciphertext, read from SQLite only when the auth table's version moved."""

@@ -127,6 +127,8 @@ class Config:
     env: Mapping[str, str] = field(repr=False, default_factory=dict)
     drain_unready_delay_s: float = 0.0  # /readyz fails this long before the listener closes
     event_loop: str = "auto"  # auto: uvloop when installed, else asyncio's own
+    byok_next_master_key: Secret | None = None  # during a rotation: also accepted for stored keys
+    byok_next_master_key_env: str = "OKM_NEW_MASTER_KEY"
 
 
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
@@ -162,6 +164,7 @@ def _build(root: Reader, source: Path, env: dict[str, str]) -> Config:
     admin.reject_unknown()
     pepper_env = root.string("key_pepper_env", default="OKM_KEY_PEPPER")
     master_env = root.string("byok_master_key_env", default="OKM_MASTER_KEY")
+    next_master_env = root.string("byok_next_master_key_env", default="OKM_NEW_MASTER_KEY")
     drain = root.section("drain")
     drain_deadline = drain.number("deadline_s", default=30.0, minimum=0.0)
     unready_delay = drain.number("unready_delay_s", default=0.0, minimum=0.0)
@@ -194,6 +197,8 @@ def _build(root: Reader, source: Path, env: dict[str, str]) -> Config:
         env=MappingProxyType(env),
         drain_unready_delay_s=unready_delay,
         event_loop=root.choice("event_loop", EVENT_LOOPS, default="auto"),
+        byok_next_master_key=root.optional_secret_named(next_master_env),
+        byok_next_master_key_env=next_master_env,
     )
 
 

@@ -46,7 +46,7 @@ async def proxy_request(request: web.Request, endpoint: Endpoint) -> web.StreamR
     admit_workspace(request, record)  # 429 before any upstream call; the stream flag is known now
     key = None
     if route.lane is Lane.BYOK:
-        key = await app[appkeys.BYOK].key_for(runtime.master_key, principal, route.provider or "")
+        key = await app[appkeys.BYOK].key_for(runtime.master_keys, principal, route.provider or "")
     spec = AttemptSpec(
         endpoint=endpoint,
         data=scrub.scrub_request_body(

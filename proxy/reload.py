@@ -42,7 +42,7 @@ class Reload:
 
 def known_secrets(config: Config) -> tuple[str, ...]:
     """Every secret value a config resolved, so log redaction can mask it verbatim."""
-    secrets = [config.key_pepper, config.admin_token, config.byok_master_key]
+    secrets = [config.key_pepper, config.admin_token, config.byok_master_key, config.byok_next_master_key]
     secrets += [a.api_key for a in config.cheap_pool] + [p.api_key for p in config.providers.values()]
     return tuple(s.reveal() for s in secrets if s is not None)
 
@@ -58,7 +58,7 @@ async def reload_config(app: web.Application) -> Reload:
     try:
         new = load_config(old.source)
         runtime = Runtime.build(new)
-        await check_master_key(app[appkeys.STORE], runtime.master_key, new.byok_master_key_env)
+        await check_master_key(app[appkeys.STORE], runtime)
     except (ConfigError, MasterKeyError) as exc:
         metrics.config_reloads.labels("failed").inc()
         log.error("config reload refused, still serving the previous config: %s", exc)

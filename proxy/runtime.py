@@ -12,7 +12,7 @@ from proxy.config import Config
 from proxy.crypto import MasterKey
 from proxy.lanes import LaneSet
 from proxy.routing import RoutingTable
-from proxy.types import Lane
+from proxy.types import Lane, Secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,13 +21,13 @@ class Runtime:
     table: RoutingTable
     lanes: LaneSet
     master_key: MasterKey | None
+    next_master_key: MasterKey | None  # set during a master-key rotation (docs/cli.md)
     operator_identifiers: tuple[str, ...]  # account/provider names and keys, masked in error text
 
     @classmethod
     def build(cls, config: Config) -> Runtime:
-        master = None
-        if config.byok_master_key is not None:
-            master = MasterKey.from_base64(config.byok_master_key.reveal(), config.byok_master_key_env)
+        master = _master_key(config.byok_master_key, config.byok_master_key_env)
+        next_master = _master_key(config.byok_next_master_key, config.byok_next_master_key_env)
         identifiers: list[str] = []
         for account in config.cheap_pool:
             identifiers.append(account.name)
@@ -36,8 +36,17 @@ class Runtime:
         for provider in config.providers.values():
             if provider.api_key is not None:
                 identifiers.append(provider.api_key.reveal())
-        return cls(config, RoutingTable.from_config(config), LaneSet(config), master, tuple(identifiers))
+        return cls(config, RoutingTable.from_config(config), LaneSet(config), master, next_master, tuple(identifiers))
+
+    @property
+    def master_keys(self) -> tuple[MasterKey, ...]:
+        """Keys that may open a stored BYOK key: the current one, then (mid-rotation) the next."""
+        return tuple(k for k in (self.master_key, self.next_master_key) if k is not None)
 
     def mask_for(self, lane: Lane) -> tuple[str, ...] | None:
         """Operator lanes mask account identifiers in upstream errors; BYOK errors are the tenant's own."""
         return None if lane is Lane.BYOK else self.operator_identifiers
+
+
+def _master_key(secret: Secret | None, env_name: str) -> MasterKey | None:
+    return None if secret is None else MasterKey.from_base64(secret.reveal(), env_name)

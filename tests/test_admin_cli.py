@@ -139,7 +139,7 @@ async def test_rotate_master_key_reencrypts_every_key(gw):
     new = generate_master_key()
     rotated = gw("byok", "rotate-master-key", extra_env={"OKM_NEW_MASTER_KEY": new})
     assert rotated.returncode == 0, rotated.stderr
-    assert "re-encrypted 2 BYOK key(s)" in rotated.stdout and "set OKM_MASTER_KEY" in rotated.stdout
+    assert "re-encrypted 2 BYOK key(s)" in rotated.stdout and "put the new key in OKM_MASTER_KEY" in rotated.stdout
     assert new not in rotated.stdout + rotated.stderr
     again = gw("byok", "rotate-master-key", extra_env={"OKM_NEW_MASTER_KEY": new, "OKM_MASTER_KEY": new})
     assert again.returncode == 0 and "re-encrypted 0" in again.stdout
