@@ -65,6 +65,12 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             phase = "waiting" if record.status == 0 else "streaming"
             request.app[appkeys.METRICS].client_disconnects.labels(phase).inc()
         raise
+    except Exception:  # a bug of ours: the client still gets an OpenAI error, never a traceback
+        if record.status:  # a stream had started: nothing more can be said on it
+            raise
+        log.exception("unexpected error in request %s", request_id)
+        record.status, record.outcome = 500, Outcome.INTERNAL_ERROR
+        return error_response(errors.ProxyError(f"internal gateway error (request {request_id})"), request_id)
     finally:
         _finish(request, record)
 

@@ -31,6 +31,7 @@ class Outcome(StrEnum):
     UPSTREAM_TIMEOUT = "upstream_timeout"
     CLIENT_CANCELLED = "client_cancelled"  # the client went away
     INTERRUPTED = "interrupted"  # in flight when the process died or the drain deadline hit
+    INTERNAL_ERROR = "internal_error"  # a gateway bug: answered 500, logged with a traceback
 
 
 class AttemptResult(StrEnum):

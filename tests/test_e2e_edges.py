@@ -193,3 +193,30 @@ async def test_stream_ends_at_the_terminal_event_even_if_the_upstream_lingers(ga
     assert time.monotonic() - start < 0.5
     assert answer.body == b"".join(events)
     assert await gw.resale[0].wait_no_connections(within_s=1.0) < 1.0
+
+
+async def test_an_unexpected_gateway_error_is_an_openai_500_with_no_traceback(tmp_path, aiohttp_client) -> None:
+    """A bug in a handler (here: a handler that raises) still answers OpenAI-shaped JSON, names
+    the request id, leaves a usage-free record in /metrics, and never shows a traceback."""
+    from aiohttp import web
+
+    from proxy.app import build_app
+    from proxy.config import load_config
+    from proxy.types import Endpoint
+
+    (tmp_path / "gateway.yaml").write_text("store: {path: okm.sqlite3}\n")
+    app = build_app(load_config(tmp_path / "gateway.yaml", {"OKM_KEY_PEPPER": "pepper"}))
+
+    async def broken(request: web.Request) -> web.Response:
+        raise RuntimeError("secret internals")
+
+    broken.okm_endpoint = Endpoint.CHAT  # type: ignore[attr-defined]  # reason: routed like a proxied endpoint
+    app.router.add_post("/v1/broken", broken)
+    client = await aiohttp_client(app)
+    resp = await client.post("/v1/broken", json={})
+    body = await resp.json()
+    assert resp.status == 500 and set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["code"] == "internal_error" and resp.headers["X-Request-Id"] in body["error"]["message"]
+    assert "secret internals" not in await resp.text() and "Traceback" not in await resp.text()
+    metrics = await (await client.get("/metrics")).text()
+    assert 'okm_requests_total{endpoint="chat/completions",lane="none",status="500"} 1.0' in metrics
