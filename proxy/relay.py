@@ -19,8 +19,8 @@ from proxy.types import Usage
 from proxy.upstream import StreamBroken
 
 TAIL_GRACE_S = 0.05  # how long the end of the body may trail the terminal event
-# A chunk holding any of these needs the per-event path: usage objects, errors, CR line ends.
-_NEEDS_EVENTS = re.compile(rb'\r|"usage"\s*:\s*\{|"error"')
+# A usage object needs the per-event path (so do errors and CR line ends; see _first_special).
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')  # starts with a literal: re scans for it fast
 _RESPONSES_ERROR_FIELDS = ("type", "code", "message", "param", "sequence_number")
 
 
@@ -69,15 +69,18 @@ class StreamRelay:
         unfinished event take the event path. Chat streams only; the caller checked that the
         decoder is between events.
         """
-        special = _NEEDS_EVENTS.search(chunk)
-        end = chunk.rfind(b"\n\n", 0, len(chunk) if special is None else special.start()) + 2
+        special = _first_special(chunk)
+        end = chunk.rfind(b"\n\n", 0, len(chunk) if special < 0 else special) + 2
         if end < 2 or end > self.decoder.max_bytes:
             return 0
         prefix = chunk if end == len(chunk) else chunk[:end]
         events = prefix.count(b"\n\n")
-        done = prefix.count(b"data: [DONE]\n")
-        if (prefix.count(b"\n") != 2 * events or prefix.count(b"data: ") != events
-                or prefix.count(b"data: {") + done != events or prefix.count(b"}\n\n") + done != events):
+        if prefix.count(b"\n") != 2 * events:  # one line per event
+            return 0
+        # Every line starts at the chunk's start or after a blank line: it is `data: {…}` or [DONE].
+        objects = prefix.count(b"\n\ndata: {") + prefix.startswith(b"data: {")
+        done = prefix.count(b"\n\ndata: [DONE]\n") + prefix.startswith(b"data: [DONE]\n")
+        if objects + done != events or prefix.count(b"}\n\n") + done != events:
             return 0
         self.decoder.skip_bom_check()  # the chunk starts with "data: ", so it carries no BOM
         self.data_events += events
@@ -153,6 +156,14 @@ def inband_error(message: str, code: str, *, responses: bool, sequence_number: i
         return sse.format_event(orjson.dumps(payload), event="error")
     payload = {"error": {"message": message, "type": "api_error", "param": None, "code": code}}
     return sse.format_event(orjson.dumps(payload))
+
+
+def _first_special(chunk: bytes) -> int:
+    """Offset of the first thing only the per-event path handles (a CR, an error, a usage
+    object), or -1. Three separate scans: one regex alternation of them is ~6x slower."""
+    usage = _USAGE_OBJECT.search(chunk)
+    found = [i for i in (chunk.find(b"\r"), chunk.find(b'"error"'), usage.start() if usage else -1) if i >= 0]
+    return min(found) if found else -1
 
 
 class ClientStalled(Exception):

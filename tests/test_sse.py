@@ -446,6 +446,9 @@ _PLAIN = b'data: {"choices":[{"delta":{"content":"hi"}}],"usage":null}\n\n'
         [_PLAIN + b'data: {"error":{"message":"org-AbCdEf1234567890 is over quota"}}\n\n'],
         [_PLAIN + b"\r\n" + _PLAIN],  # a CR after the prefix
         [b"\xef\xbb\xbf" + _PLAIN],  # a BOM: never the fast path
+        [b"event: data: {x}\n\n" + _PLAIN],  # an event: line that merely contains "data: {"
+        [_PLAIN + b'data: {"message":\nevent: error\ndata: "boom"}\n\n'],  # multi-line: an error event
+        [_PLAIN + b": data: [DONE]\n\n" + _PLAIN],  # a comment that looks like [DONE]
     ],
 )
 @pytest.mark.parametrize("mask", [None, ("acct-name",)])
