@@ -238,15 +238,6 @@ class Store:
                     raise KeyNotFound(key_id)
         return await self.get_api_key(key_id)
 
-    async def find_key_by_hash(self, key_hash: bytes) -> tuple[ApiKey, Workspace] | None:
-        row = await self._one(
-            f"SELECT {', '.join('k.' + c for c in _KEY_COLUMNS.split(', '))}, "
-            f"{', '.join('w.' + c for c in _WS_COLUMNS.split(', '))} "
-            "FROM api_keys k JOIN workspaces w ON w.id = k.workspace_id WHERE k.key_hash = ?",
-            (key_hash,),
-        )
-        return None if row is None else (_api_key(row[:7]), _workspace(row[7:]))
-
     async def auth_version(self) -> int:
         """A counter bumped (by triggers) on every change to keys, workspaces or BYOK keys."""
         row = await self._one("SELECT value FROM meta WHERE name = 'auth_version'", ())

@@ -144,9 +144,10 @@ async def test_api_keys(store):
     assert key.reveal() not in repr(key) and key.reveal() not in repr(api_key)
     assert api_key.masked == keys.mask_key(key.reveal())
     assert (api_key.name, api_key.last_used_at, api_key.revoked) == ("ci", None, False)
-    found = await store.find_key_by_hash(keys.hash_api_key(key.reveal(), PEPPER))
-    assert found is not None and found[0].id == api_key.id and found[1] == ws
-    assert await store.find_key_by_hash(keys.hash_api_key(key.reveal(), Secret("other"))) is None
+    [entry] = await store.auth_entries()  # what the authenticator caches: the keyed hash, never the key
+    assert entry.key_id == api_key.id and entry.workspace == ws
+    assert entry.key_hash == keys.hash_api_key(key.reveal(), PEPPER)
+    assert entry.key_hash != keys.hash_api_key(key.reveal(), Secret("other"))
     with pytest.raises(WorkspaceNotFound):
         await store.create_api_key("nope", PEPPER)
     with pytest.raises(InvalidValue):
