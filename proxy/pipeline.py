@@ -17,6 +17,7 @@ from proxy.attempt import Answer, AttemptFailed, AttemptSpec, attempt
 from proxy.body import parse_body, read_body
 from proxy.lanes import CheapLane
 from proxy.limits import admit_workspace
+from proxy.relay import estimate_usage
 from proxy.responses_stream import synthesize_response_events
 from proxy.routing import resolve_route
 from proxy.runtime import Runtime
@@ -63,7 +64,7 @@ async def proxy_request(request: web.Request, endpoint: Endpoint) -> web.StreamR
         answer = await failover(app, runtime, lane, route, spec, key, record)
     except asyncio.CancelledError:
         if record.attempts:  # the client left while waiting, but the prompt went upstream: bill an estimate
-            record.usage = prompt_estimate(len(raw))
+            record.usage = estimate_usage(len(raw))
         raise
     try:
         try:
@@ -75,12 +76,6 @@ async def proxy_request(request: web.Request, endpoint: Endpoint) -> web.StreamR
         return await answer_client(request, answer, spec, record, len(raw))
     finally:
         lane.end(answer.target)
-
-
-def prompt_estimate(prompt_bytes: int) -> Usage:
-    """Usage for a request cancelled before any answer: the relay's rule, about 4 bytes a token."""
-    prompt = max(1, prompt_bytes // 4)
-    return Usage(prompt, 0, prompt, estimated=True)
 
 
 async def failover(app: web.Application, runtime: Runtime, lane: Any, route: Route, spec: AttemptSpec,

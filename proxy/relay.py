@@ -125,9 +125,13 @@ class StreamRelay:
 
     def estimated_usage(self, prompt_bytes: int) -> Usage:
         """Used when the upstream reported none (e.g. the client left): about one token per event."""
-        completion = max(0, self.data_events - 1)
-        prompt = max(1, prompt_bytes // 4)
-        return Usage(prompt, completion, prompt + completion, estimated=True)
+        return estimate_usage(prompt_bytes, completion=max(0, self.data_events - 1))
+
+
+def estimate_usage(prompt_bytes: int, completion: int = 0) -> Usage:
+    """Usage the upstream never reported: about 4 prompt bytes a token, flagged as estimated."""
+    prompt = max(1, prompt_bytes // 4)
+    return Usage(prompt, completion, prompt + completion, estimated=True)
 
 
 def _malformed(data: str) -> bool:
