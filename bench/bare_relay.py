@@ -33,7 +33,7 @@ async def relay(request: web.Request) -> web.StreamResponse:
         return response
 
 
-async def session_ctx(app: web.Application):  # noqa: ANN201  # reason: aiohttp cleanup-context generator
+async def session_ctx(app: web.Application):  # reason: aiohttp cleanup-context generator
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None)) as session:
         app[SESSION] = session

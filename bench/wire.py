@@ -146,7 +146,7 @@ class ResponseParser:
 class Exchange:
     """One request's timings and body, filled in by the connection."""
 
-    __slots__ = ("t_sent", "t_first", "t_done", "status", "parts", "future")
+    __slots__ = ("future", "parts", "status", "t_done", "t_first", "t_sent")
 
     def __init__(self, future: asyncio.Future[Exchange]) -> None:
         self.t_sent = time.monotonic()

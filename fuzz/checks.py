@@ -12,11 +12,11 @@ from typing import Any
 
 import orjson
 
-from proxy import scrub
-from proxy.body import parse_body
 from proxy.errors import ProxyError
-from proxy.routing import RoutingTable, resolve_route
-from proxy.sse import Decoder, EventTooLarge
+from proxy.http.body import parse_body
+from proxy.lanes import scrub
+from proxy.lanes.routing import RoutingTable, resolve_route
+from proxy.relay.sse import Decoder, EventTooLarge
 
 HEADER = 9  # sse inputs: 1 byte picks the size cap, 8 bytes pick read boundaries, the rest is the stream
 TABLE = RoutingTable(frozenset({"gpt-test", "a/b"}), frozenset({"gpt-test"}), frozenset({"openai"}))

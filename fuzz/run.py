@@ -24,10 +24,10 @@ def save(target: str, data: bytes) -> Path:
 
 
 def run_atheris(target: str, argv: list[str]) -> None:
-    import atheris  # noqa: PLC0415  # reason: optional dependency
+    import atheris  # reason: optional dependency
 
     with atheris.instrument_imports(include=["proxy", "fuzz"]):
-        from fuzz import checks  # noqa: PLC0415  # reason: instrument the parsers before the first input
+        from fuzz import checks  # reason: instrument the parsers before the first input
 
     def test_one(data: bytes) -> None:
         try:
@@ -41,10 +41,10 @@ def run_atheris(target: str, argv: list[str]) -> None:
 
 
 def run_hypothesis(target: str, seconds: float) -> None:
-    from hypothesis import HealthCheck, given, settings  # noqa: PLC0415  # reason: fallback only
-    from hypothesis import strategies as st  # noqa: PLC0415
+    from hypothesis import HealthCheck, given, settings  # reason: fallback only
+    from hypothesis import strategies as st
 
-    from fuzz import checks  # noqa: PLC0415
+    from fuzz import checks
 
     seeds = [p.read_bytes() for p in sorted((HERE / "seeds" / target).glob("*"))]
     data = st.one_of(st.binary(max_size=4096), st.sampled_from(seeds or [b""]).flatmap(
@@ -72,7 +72,7 @@ def main() -> int:
         return 2
     target, argv = sys.argv[1], sys.argv[2:]
     try:
-        import atheris  # noqa: F401, PLC0415  # reason: probe only
+        import atheris  # noqa: F401  # reason: probe only
     except ImportError:
         seconds = next((float(a.split("=", 1)[1]) for a in argv if a.startswith("-max_total_time=")), 60.0)
         run_hypothesis(target, seconds)

@@ -4,29 +4,29 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 from aiohttp import web
 
 from proxy import appkeys
-from proxy.accesslog import AccessLog
-from proxy.admin import setup_admin_routes
-from proxy.admission import admission, close_when_draining
-from proxy.auth import Authenticator
-from proxy.byok import ByokVault
+from proxy.admin.api import setup_admin_routes
 from proxy.config import Config
-from proxy.drain import DRAIN, Drain
-from proxy.handlers import add_routes
-from proxy.limits import LIMITER, Limiter
-from proxy.live_metrics import LiveMetrics
-from proxy.metrics import Metrics, metrics_handler
-from proxy.middleware import request_context
+from proxy.http.admission import admission, close_when_draining
+from proxy.http.handlers import add_routes
+from proxy.http.limits import LIMITER, Limiter
+from proxy.http.middleware import request_context
+from proxy.relay.drain import DRAIN, Drain
+from proxy.relay.upstream import UpstreamClient
 from proxy.runtime import Runtime
 from proxy.startup_checks import check_master_key
-from proxy.store import Store
-from proxy.upstream import UpstreamClient
-from proxy.usage import UsageRecorder
+from proxy.store.sqlite import Store
+from proxy.store.usage_writer import UsageRecorder
+from proxy.telemetry.accesslog import AccessLog
+from proxy.telemetry.live_metrics import LiveMetrics
+from proxy.telemetry.metrics import Metrics, metrics_handler
+from proxy.workspaces.auth import Authenticator
+from proxy.workspaces.byok import ByokVault
 
 ADMIN_MAX_BODY = 1024 * 1024
 

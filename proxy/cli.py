@@ -7,7 +7,8 @@ import asyncio
 import sys
 from pathlib import Path
 
-from proxy import __version__, admin_cli
+from proxy import __version__
+from proxy.admin import cli as admin_cli
 from proxy.config import load_config
 from proxy.errors import ConfigError
 

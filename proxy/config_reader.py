@@ -6,8 +6,9 @@ except reading an env file the config names.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, NoReturn
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from proxy.errors import ConfigError

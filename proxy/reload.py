@@ -6,18 +6,19 @@ keep the Runtime they started with. It never restarts listeners or reopens the s
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from aiohttp import web
 
 from proxy import appkeys
-from proxy.accesslog import set_known_secrets
 from proxy.config import Config, load_config
-from proxy.crypto import MasterKeyError
 from proxy.errors import ConfigError
 from proxy.runtime import Runtime
 from proxy.startup_checks import check_master_key
+from proxy.telemetry.accesslog import set_known_secrets
+from proxy.workspaces.crypto import MasterKeyError
 
 log = logging.getLogger("okm.reload")
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from proxy.config import Config
-from proxy.crypto import MasterKey
-from proxy.lanes import LaneSet
-from proxy.routing import RoutingTable
+from proxy.lanes.routing import RoutingTable
+from proxy.lanes.targets import LaneSet
 from proxy.types import Lane, Secret
+from proxy.workspaces.crypto import MasterKey
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,22 +14,22 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from aiohttp import web
 
 from proxy import appkeys
-from proxy.accesslog import configure_logging
 from proxy.app import build_app
 from proxy.config import Config
-from proxy.crypto import MasterKeyError
-from proxy.drain import DRAIN
 from proxy.errors import ConfigError
-from proxy.limits import LIMITER, Limiter
-from proxy.metrics import metrics_handler
+from proxy.http.limits import LIMITER, Limiter
+from proxy.relay.drain import DRAIN
 from proxy.reload import known_secrets, reload_config
-from proxy.store_types import StoreError
+from proxy.store.rows import StoreError
+from proxy.telemetry.accesslog import configure_logging
+from proxy.telemetry.metrics import metrics_handler
+from proxy.workspaces.crypto import MasterKeyError
 
 log = logging.getLogger("okm.server")
 
@@ -70,7 +70,7 @@ def serve(config: Config) -> int:
     except (ConfigError, MasterKeyError, StoreError, OSError) as exc:
         log.error("cannot start: %s", exc)
         return 1
-    except Exception:  # noqa: BLE001  reason: the traceback must pass the log redaction, not raw stderr
+    except Exception:
         log.exception("the gateway stopped on an unexpected error")
         return 1
     return 0

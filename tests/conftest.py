@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
 
 import aiohttp
 import openai
@@ -24,8 +25,8 @@ from aiohttp import web
 from proxy import appkeys
 from proxy.app import build_app
 from proxy.config import Config, load_config
-from proxy.crypto import MasterKey, encrypt_provider_key, generate_master_key
-from proxy.store import Store
+from proxy.store.sqlite import Store
+from proxy.workspaces.crypto import MasterKey, encrypt_provider_key, generate_master_key
 from tests.fakes.upstream import FakeUpstream
 
 MODEL = "gpt-test"

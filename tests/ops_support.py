@@ -15,9 +15,10 @@ import re
 import signal
 import sqlite3
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp
 import orjson
@@ -26,7 +27,7 @@ from aiohttp import web
 
 from proxy.app import build_app
 from proxy.config import load_config
-from proxy.store import Store
+from proxy.store.sqlite import Store
 from proxy.types import Secret
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,15 +9,15 @@ import pytest
 from aiohttp import web
 
 from proxy import appkeys
-from proxy.admin import setup_admin_routes
-from proxy.auth import Authenticator
+from proxy.admin.api import setup_admin_routes
 from proxy.config import Config, load_config
-from proxy.crypto import MasterKey, decrypt_provider_key, generate_master_key
 from proxy.errors import ProxyError
 from proxy.runtime import Runtime
-from proxy.store import Store
+from proxy.store.rows import UsageRow
+from proxy.store.sqlite import Store
 from proxy.types import AttemptResult
-from proxy.store_types import UsageRow
+from proxy.workspaces.auth import Authenticator
+from proxy.workspaces.crypto import MasterKey, decrypt_provider_key, generate_master_key
 
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
 MASTER = generate_master_key()

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from proxy.auth import Authenticator
-from proxy.crypto import MasterKey, decrypt_provider_key, generate_master_key
-from proxy.store import Store
-from proxy.store_types import UsageRow
+from proxy.store.rows import UsageRow
+from proxy.store.sqlite import Store
 from proxy.types import Secret
+from proxy.workspaces.auth import Authenticator
+from proxy.workspaces.crypto import MasterKey, decrypt_provider_key, generate_master_key
 
 ROOT = Path(__file__).resolve().parents[1]
 PEPPER = "cli-pepper"
@@ -107,7 +107,7 @@ async def test_a_cli_revoke_reaches_a_running_gateway_within_5_seconds(gw):
         while True:
             try:
                 await auth.authenticate_key(key)
-            except Exception as exc:  # noqa: BLE001  reason: asserting on the error below
+            except Exception as exc:
                 assert getattr(exc, "status", None) == 401
                 break
             assert time.monotonic() - started < 5

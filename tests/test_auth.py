@@ -8,11 +8,11 @@ import time
 import pytest
 from aiohttp import web
 
-from proxy import keys
-from proxy.auth import AuthFailure, Authenticator, failure_reason
 from proxy.errors import ProxyError
-from proxy.store import Store
+from proxy.store.sqlite import Store
 from proxy.types import Secret
+from proxy.workspaces import keys
+from proxy.workspaces.auth import Authenticator, AuthFailure, failure_reason
 
 PEPPER = Secret("test-pepper", "OKM_KEY_PEPPER")
 AUTH = web.AppKey("auth", Authenticator)

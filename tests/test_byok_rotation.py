@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from proxy.auth import Authenticator
-from proxy.byok import ByokVault
 from proxy.config import load_config
-from proxy.crypto import MasterKey, encrypt_provider_key, generate_master_key
 from proxy.errors import ConfigError
 from proxy.runtime import Runtime
 from proxy.startup_checks import check_master_key
-from proxy.store import Store
+from proxy.store.sqlite import Store
 from proxy.types import Principal
+from proxy.workspaces.auth import Authenticator
+from proxy.workspaces.byok import ByokVault
+from proxy.workspaces.crypto import MasterKey, encrypt_provider_key, generate_master_key
 
 CONFIG = "store: {path: okm.sqlite3}\nlanes: {byok: {providers: {openai: {type: mock}}}}\n"
 OLD, NEW = generate_master_key(), generate_master_key()

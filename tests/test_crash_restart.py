@@ -10,17 +10,18 @@ import contextlib
 import signal
 import sqlite3
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp
 import orjson
 import pytest
 
 from proxy import appkeys
-from proxy.store import Store
-from proxy.store_types import StoreUnavailable
+from proxy.store.rows import StoreUnavailable
+from proxy.store.sqlite import Store
 from proxy.types import Secret
 from tests.conftest import MODEL, Gateway, resale_key
 from tests.fakes import payloads

@@ -8,14 +8,14 @@ import hmac
 
 import pytest
 
-from proxy.crypto import (
+from proxy.types import Secret
+from proxy.workspaces.crypto import (
     MasterKey,
     MasterKeyError,
     decrypt_provider_key,
     encrypt_provider_key,
     generate_master_key,
 )
-from proxy.types import Secret
 
 ENV = "OKM_MASTER_KEY"
 RAW = bytes(range(32))

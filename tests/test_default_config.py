@@ -9,7 +9,7 @@ from pathlib import Path
 
 import openai
 
-from proxy.crypto import generate_master_key
+from proxy.workspaces.crypto import generate_master_key
 from tests.fakes.hostile import ROOT, GatewayProcess
 
 

@@ -4,7 +4,8 @@ message that names the problem, and not one request reaching any upstream.
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 

@@ -9,8 +9,9 @@ import asyncio
 import hashlib
 import time
 import tracemalloc
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 import pytest
@@ -19,8 +20,18 @@ from proxy import appkeys
 from tests.conftest import MODEL, Answer, Gateway, pool_key, resale_key
 from tests.fakes import payloads
 from tests.fakes.hostile import (
-    CLOSE, Flood, GatewayProcess, assert_settled, big_chat_event, close_after_answer, metric, process_config,
-    scrape, slowloris, tasks_now, until,
+    CLOSE,
+    Flood,
+    GatewayProcess,
+    assert_settled,
+    big_chat_event,
+    close_after_answer,
+    metric,
+    process_config,
+    scrape,
+    slowloris,
+    tasks_now,
+    until,
 )
 from tests.fakes.payloads import blocks, data_of, openai_error, sse
 from tests.fakes.upstream import USAGE, Auto, Behaviour, End, FakeUpstream, Reply, Reset, Stream, split
@@ -137,7 +148,7 @@ async def test_fault_before_the_first_byte(rig: Rig, caplog: pytest.LogCaptureFi
     else:
         rig.fake.script(behaviour)
     answer = await rig.chat()
-    expected = rig.lane == "cheap" and case.cheap or rig.lane == "byok" and case.byok or case.other
+    expected = (rig.lane == "cheap" and case.cheap) or (rig.lane == "byok" and case.byok) or case.other
     assert answer.status == expected[0], answer.body[:400]
     assert answer.headers["Content-Type"].startswith("application/json")
     error = answer.error
@@ -418,7 +429,7 @@ async def test_slowloris_connections_are_closed_at_the_header_timeout(tmp_path: 
         slow = [asyncio.create_task(slowloris("127.0.0.1", port, head, 0.1, give_up_s=5)) for _ in range(20)]
         await asyncio.sleep(0.3)
         healthy_at = time.monotonic()
-        import aiohttp  # noqa: PLC0415  # reason: only this test needs a client of its own
+        import aiohttp  # reason: only this test needs a client of its own
 
         async with aiohttp.ClientSession() as session:
             for _ in range(5):

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy import appkeys
 from fuzz import checks
+from proxy import appkeys
 from tests.conftest import MODEL, Gateway
 from tests.fakes import payloads
 from tests.fakes.hostile import ROOT

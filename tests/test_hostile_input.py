@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import gzip
 import tracemalloc
 import zlib
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import orjson
 import pytest

@@ -14,8 +14,9 @@ from typing import Any
 import orjson
 import pytest
 
-from proxy import appkeys, keys
+from proxy import appkeys
 from proxy.types import Secret
+from proxy.workspaces import keys
 from tests.conftest import MODEL, PEPPER, Answer, Gateway, pool_key, resale_key
 from tests.fakes import payloads
 from tests.fakes.hostile import CLOSE, metric, scrape

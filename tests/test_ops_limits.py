@@ -10,11 +10,19 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from proxy.auth import WorkspaceLimits
 from proxy.config import RateLimits
-from proxy.limits import EffectiveLimits, Limiter, ShedReason, WorkspaceLimited, effective_limits
+from proxy.http.limits import EffectiveLimits, Limiter, ShedReason, WorkspaceLimited, effective_limits
+from proxy.workspaces.auth import WorkspaceLimits
 from tests.ops_support import (
-    app_gateway, bearer, chat, config_data, fake_upstream, make_keys, process_gateway, read_stream, sample,
+    app_gateway,
+    bearer,
+    chat,
+    config_data,
+    fake_upstream,
+    make_keys,
+    process_gateway,
+    read_stream,
+    sample,
     write_config,
 )
 

@@ -12,12 +12,25 @@ import aiohttp
 import orjson
 import pytest
 
-from proxy.accesslog import redact
-from proxy.keys import generate_api_key
-from proxy.metrics import Metrics
+from proxy.telemetry.accesslog import redact
+from proxy.telemetry.metrics import Metrics
+from proxy.workspaces.keys import generate_api_key
 from tests.ops_support import (
-    ADMIN_TOKEN, PEPPER, POOL_KEY, RESALE_KEY, app_gateway, bearer, chat, config_data, fake_upstream, make_keys,
-    process_gateway, read_stream, sample, usage_rows, write_config,
+    ADMIN_TOKEN,
+    PEPPER,
+    POOL_KEY,
+    RESALE_KEY,
+    app_gateway,
+    bearer,
+    chat,
+    config_data,
+    fake_upstream,
+    make_keys,
+    process_gateway,
+    read_stream,
+    sample,
+    usage_rows,
+    write_config,
 )
 
 FAMILIES = {

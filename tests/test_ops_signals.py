@@ -15,9 +15,21 @@ import aiohttp
 import orjson
 import pytest
 
-from proxy.drain import Drain, DrainDeadline
+from proxy.relay.drain import Drain, DrainDeadline
 from tests.ops_support import (
-    ENV, PYTHON, ROOT, bearer, chat, config_data, fake_upstream, make_keys, process_gateway, read_stream, sample, usage_rows, write_config,
+    ENV,
+    PYTHON,
+    ROOT,
+    bearer,
+    chat,
+    config_data,
+    fake_upstream,
+    make_keys,
+    process_gateway,
+    read_stream,
+    sample,
+    usage_rows,
+    write_config,
 )
 
 

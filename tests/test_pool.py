@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from proxy.config import PoolAccount, PoolPolicy
-from proxy.pool import AccountHealth, AccountState, Pool
+from proxy.lanes.pool import AccountHealth, AccountState, Pool
 from proxy.types import AttemptResult
 
 R = AttemptResult

@@ -10,8 +10,8 @@ import orjson
 import pytest
 from aiohttp import web
 
-from proxy.responses_stream import synthesize_response_events
-from proxy.sse import Decoder
+from proxy.relay.responses_stream import synthesize_response_events
+from proxy.relay.sse import Decoder
 
 TEXT = "Hello there! " * 12 + "Ünïcödé ✓ 🙂 done."
 USAGE = {
@@ -256,10 +256,9 @@ async def test_sdk_create_stream_yields_expected_events(aiohttp_server: Any) -> 
 
 async def test_sdk_stream_helper_final_response(aiohttp_server: Any) -> None:
     client = await _client_for(aiohttp_server, _response([_message()]))
-    async with client:
-        async with client.responses.stream(model="resale/gpt-5.4", input="hi") as stream:
-            snapshots = [e.snapshot async for e in stream if e.type == "response.output_text.delta"]
-            final = await stream.get_final_response()
+    async with client, client.responses.stream(model="resale/gpt-5.4", input="hi") as stream:
+        snapshots = [e.snapshot async for e in stream if e.type == "response.output_text.delta"]
+        final = await stream.get_final_response()
     assert snapshots[-1] == TEXT
     assert final.output_text == TEXT
     assert final.id == "resp_abc123"
@@ -269,10 +268,9 @@ async def test_sdk_stream_helper_final_response(aiohttp_server: Any) -> None:
 async def test_sdk_stream_helper_with_reasoning_and_function_call(aiohttp_server: Any) -> None:
     output = [REASONING, FUNCTION_CALL, _message("Calling the tool now.")]
     client = await _client_for(aiohttp_server, _response(output))
-    async with client:
-        async with client.responses.stream(model="resale/gpt-5.4", input="weather?") as stream:
-            arg_snapshots = [e.snapshot async for e in stream if e.type == "response.function_call_arguments.delta"]
-            final = await stream.get_final_response()
+    async with client, client.responses.stream(model="resale/gpt-5.4", input="weather?") as stream:
+        arg_snapshots = [e.snapshot async for e in stream if e.type == "response.function_call_arguments.delta"]
+        final = await stream.get_final_response()
     assert arg_snapshots[-1] == FUNCTION_CALL["arguments"]
     assert [item.type for item in final.output] == ["reasoning", "function_call", "message"]
     reasoning, call, _ = final.output

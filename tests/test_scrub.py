@@ -8,7 +8,7 @@ import pytest
 from multidict import CIMultiDict
 
 from proxy.errors import StatefulRequestNotAllowedError
-from proxy.scrub import (
+from proxy.lanes.scrub import (
     FORBIDDEN_FIELDS,
     client_response_headers,
     find_forbidden_field,

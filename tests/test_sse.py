@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.sse import (
+from proxy.relay.sse import (
     Decoder,
     Event,
     EventTooLarge,
@@ -423,7 +423,7 @@ def test_format_event() -> None:
 
 
 # The relay's fast path for plain chat chunks must agree with the event path exactly.
-from proxy.relay import StreamRelay  # noqa: E402  # reason: grouped with the tests that use it
+from proxy.relay.events import StreamRelay  # noqa: E402  # reason: grouped with the tests that use it
 
 _PLAIN = b'data: {"choices":[{"delta":{"content":"hi"}}],"usage":null}\n\n'
 

@@ -8,11 +8,8 @@ import stat
 
 import pytest
 
-from proxy import keys
-from proxy.crypto import MasterKey, decrypt_provider_key, encrypt_provider_key, generate_master_key
-from proxy.migrations import load_migrations, parse_migrations, split_statements
-from proxy.store import Store
-from proxy.store_types import (
+from proxy.store.migrations import load_migrations, parse_migrations, split_statements
+from proxy.store.rows import (
     InvalidValue,
     KeyNotFound,
     SchemaError,
@@ -20,7 +17,10 @@ from proxy.store_types import (
     WorkspaceExists,
     WorkspaceNotFound,
 )
+from proxy.store.sqlite import Store
 from proxy.types import Secret
+from proxy.workspaces import keys
+from proxy.workspaces.crypto import MasterKey, decrypt_provider_key, encrypt_provider_key, generate_master_key
 
 PEPPER = Secret("test-pepper", "OKM_KEY_PEPPER")
 MIGRATIONS = load_migrations()

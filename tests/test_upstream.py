@@ -5,8 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from proxy.config import Limits
+from proxy.relay.upstream import UpstreamClient
 from proxy.types import Endpoint, Secret, UpstreamTarget
-from proxy.upstream import UpstreamClient
 
 
 async def test_upstream_cookies_are_never_replayed_to_later_requests(aiohttp_server) -> None:

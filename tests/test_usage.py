@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from proxy.store import Store
-from proxy.store_types import USAGE_IN_FLIGHT, WorkspaceNotFound
+from proxy.store.rows import USAGE_IN_FLIGHT, WorkspaceNotFound
+from proxy.store.sqlite import Store
+from proxy.store.usage_writer import UsageRecorder
 from proxy.types import Endpoint, Lane, Outcome, Principal, RequestRecord, Route, Secret, Usage
-from proxy.usage import UsageRecorder
 
 ROOT = Path(__file__).resolve().parents[1]
 PEPPER = Secret("test-pepper")
@@ -145,8 +145,8 @@ async def test_in_flight_rows_become_interrupted_after_a_kill(tmp_path):
     path = tmp_path / "okm.sqlite3"
     script = textwrap.dedent(f"""
         import asyncio, time
-        from proxy.store import Store
-        from proxy.usage import UsageRecorder
+        from proxy.store.sqlite import Store
+        from proxy.store.usage_writer import UsageRecorder
         from proxy.types import Endpoint, Lane, Principal, RequestRecord, Route
 
         async def main():

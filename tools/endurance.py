@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.procs import stop  # noqa: E402  # reason: needs the repo root on sys.path first
+
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MODEL_SLOW, MODEL_FAST = "slow", "fast"
 STOP_GRACE_S = 40.0  # a drain of 1,000 streams may take a while
@@ -56,7 +57,7 @@ def spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[by
                                 stdin=subprocess.DEVNULL, start_new_session=True)
 
 
-def wait_for(predicate, what: str, within_s: float = 30.0) -> None:  # noqa: ANN001  # reason: any callable
+def wait_for(predicate, what: str, within_s: float = 30.0) -> None:  # reason: any callable
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         if predicate():
@@ -160,8 +161,8 @@ def fetch_reference(upstream_port: int, profile: str) -> bytes:
 
 
 def prepare(run: Path, upstream_port: int, args: argparse.Namespace) -> tuple[Path, dict[str, str], str, int]:
-    from proxy.store import Store  # noqa: PLC0415  # reason: only the set-up step needs the package
-    from proxy.types import Secret  # noqa: PLC0415
+    from proxy.store.sqlite import Store  # reason: only the set-up step needs the package
+    from proxy.types import Secret
 
     env = {"OKM_KEY_PEPPER": secrets.token_urlsafe(32), "UPSTREAM_KEY": "sk-endurance-" + secrets.token_hex(8)}
     with socket.socket() as s:

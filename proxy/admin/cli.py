@@ -9,18 +9,18 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import getpass
-import os
 import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
 
 import orjson
 
-from proxy import admin_ops
+from proxy.admin import ops as admin_ops
 from proxy.config import Config
-from proxy.crypto import MasterKey, MasterKeyError
-from proxy.store import Store
-from proxy.store_types import KEEP, StoreError, Workspace
+from proxy.store.rows import KEEP, StoreError, Workspace
+from proxy.store.sqlite import Store
+from proxy.workspaces.crypto import MasterKey, MasterKeyError
 
 Command = Callable[[argparse.Namespace, Config], Awaitable[int]]
 
@@ -48,7 +48,7 @@ def _handled(command: Command) -> Command:
 
 
 def _when(ts: float | None, empty: str = "-") -> str:
-    return empty if ts is None else dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    return empty if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

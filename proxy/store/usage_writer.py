@@ -11,11 +11,11 @@ import logging
 from collections import deque
 from dataclasses import dataclass
 
-from proxy.store import Store
-from proxy.store_types import USAGE_IN_FLIGHT, UsageRow
+from proxy.store.rows import USAGE_IN_FLIGHT, UsageRow
+from proxy.store.sqlite import Store
 from proxy.types import RequestRecord
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("okm.usage")
 
 BATCH_ROWS = 200
 MAX_PENDING = 50_000  # beyond this the store is not keeping up: drop and count, never grow without bound
@@ -146,7 +146,7 @@ class UsageRecorder:
             await self._store.write_usage(admitted, finished)
             ok = True
             self.rows_written += len(batch)
-        except Exception as exc:  # noqa: BLE001  reason: a failed write must never stop the writer or reach a request
+        except Exception as exc:
             self.write_failures += len(batch)
             log.error("usage write failed, %d rows dropped: %s: %s", len(batch), type(exc).__name__, exc)
         for item in batch:

@@ -12,7 +12,7 @@ from importlib import resources
 
 import aiosqlite
 
-from proxy.store_types import SchemaError
+from proxy.store.rows import SchemaError
 
 _MARKER = re.compile(r"^-- migration (\d+):(.*)$", re.MULTILINE)
 
@@ -50,7 +50,7 @@ def parse_migrations(text: str) -> tuple[Migration, ...]:
 
 
 def load_migrations() -> tuple[Migration, ...]:
-    return parse_migrations(resources.files("proxy").joinpath("schema.sql").read_text(encoding="utf-8"))
+    return parse_migrations(resources.files("proxy.store").joinpath("schema.sql").read_text(encoding="utf-8"))
 
 
 async def schema_version(db: aiosqlite.Connection) -> int:

@@ -6,7 +6,8 @@ key, a workspace, a prompt or a model string from a client.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -90,7 +91,7 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def metrics_handler(metrics: Metrics):  # noqa: ANN201  # reason: aiohttp handler type is verbose
+def metrics_handler(metrics: Metrics):  # reason: aiohttp handler type is verbose
     """A `/metrics` handler bound to one registry (served on the main or the metrics listener)."""
 
     async def handle(request: web.Request) -> web.Response:

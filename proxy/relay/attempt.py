@@ -7,16 +7,18 @@ first event has arrived) or in a classified failure. Retries stay inside the lan
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Mapping
+from typing import Any
 
 import orjson
 
-from proxy import errors, scrub
-from proxy.relay import StreamRelay
-from proxy.sse import EventTooLarge
+from proxy import errors
+from proxy.lanes import scrub
+from proxy.relay.events import StreamRelay
+from proxy.relay.sse import EventTooLarge
+from proxy.relay.upstream import Reply, StreamBroken, UpstreamClient, UpstreamFailure
 from proxy.types import AttemptResult, Endpoint, UpstreamTarget
-from proxy.upstream import Reply, StreamBroken, UpstreamClient, UpstreamFailure
 
 MAX_JSON_ANSWER_BYTES = 64 * 1024 * 1024
 MAX_ERROR_BODY_BYTES = 256 * 1024

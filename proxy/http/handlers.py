@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from aiohttp import web
 
 from proxy import appkeys
-from proxy.pipeline import proxy_request
+from proxy.http.pipeline import proxy_request
 from proxy.runtime import Runtime
 from proxy.types import Endpoint, Lane
 

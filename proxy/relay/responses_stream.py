@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from proxy.sse import format_event
+from proxy.relay.sse import format_event
 
 JSON = dict[str, Any]
 

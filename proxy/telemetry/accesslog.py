@@ -10,7 +10,8 @@ import logging
 import re
 import sys
 import time
-from typing import IO, Iterable
+from collections.abc import Iterable
+from typing import IO
 
 import orjson
 from aiohttp.http_exceptions import HttpProcessingError

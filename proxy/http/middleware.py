@@ -9,17 +9,17 @@ import asyncio
 import logging
 import os
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from proxy import appkeys, errors
-from proxy.accesslog import access_line
-from proxy.auth import failure_reason
-from proxy.pipeline import RECORD
+from proxy.http.pipeline import RECORD
+from proxy.telemetry.accesslog import access_line
 from proxy.types import Endpoint, Outcome, RequestRecord
+from proxy.workspaces.auth import failure_reason
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("okm.middleware")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID_HEADER = "X-Request-Id"
 

@@ -10,10 +10,10 @@ import asyncio
 from aiohttp import hdrs, web
 
 from proxy import appkeys
-from proxy.drain import DRAIN
-from proxy.limits import LIMITER, Overloaded, ShedReason, release_workspace
-from proxy.middleware import Handler
-from proxy.pipeline import RECORD
+from proxy.http.limits import LIMITER, Overloaded, ShedReason, release_workspace
+from proxy.http.middleware import Handler
+from proxy.http.pipeline import RECORD
+from proxy.relay.drain import DRAIN
 from proxy.types import Outcome, RequestRecord
 
 

@@ -9,19 +9,19 @@ import asyncio
 import hmac
 import logging
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Callable, Mapping
 
 from aiohttp import hdrs, web
 
-from proxy import keys
 from proxy.errors import AuthenticationError, ServiceUnavailableError, WorkspaceDisabledError
-from proxy.store import Store
-from proxy.store_types import AuthEntry, StoreError, Workspace
+from proxy.store.rows import AuthEntry, StoreError, Workspace
+from proxy.store.sqlite import Store
 from proxy.types import Principal, Secret
+from proxy.workspaces import keys
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("okm.auth")
 
 CHECK_INTERVAL_S = 1.0  # how stale the cache may be when another process changes the store
 MISS_RECHECK_S = 0.1  # an unknown key may trigger a version check this often, no more

@@ -7,14 +7,15 @@ workspace key never works here. Every change invalidates the authenticator's cac
 from __future__ import annotations
 
 import hmac
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from aiohttp import hdrs, web
 
-from proxy import admin_ops, appkeys
+from proxy import appkeys
+from proxy.admin import ops as admin_ops
 from proxy.config import Config
-from proxy.crypto import MasterKeyError
 from proxy.errors import (
     AuthenticationError,
     InvalidRequestError,
@@ -22,8 +23,7 @@ from proxy.errors import (
     ProxyError,
     ServiceUnavailableError,
 )
-from proxy.store import Store
-from proxy.store_types import (
+from proxy.store.rows import (
     KEEP,
     InvalidValue,
     KeyNotFound,
@@ -31,6 +31,8 @@ from proxy.store_types import (
     WorkspaceExists,
     WorkspaceNotFound,
 )
+from proxy.store.sqlite import Store
+from proxy.workspaces.crypto import MasterKeyError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

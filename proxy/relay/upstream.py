@@ -7,14 +7,14 @@ or StreamBroken (while reading one); nothing above this module sees aiohttp's ex
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
 from aiohttp import hdrs
 from yarl import URL
 
 from proxy.config import Limits
-from proxy.mock import MockProvider
+from proxy.relay.mock import MockProvider
 from proxy.types import AttemptResult, Endpoint, UpstreamTarget
 
 
@@ -64,7 +64,7 @@ class Reply:
 
 
 class HttpReply(Reply):
-    __slots__ = ("_resp", "status", "headers", "_idle_s", "_last_read", "_timer", "_loop", "_away")
+    __slots__ = ("_away", "_idle_s", "_last_read", "_loop", "_resp", "_timer", "headers", "status")
 
     def __init__(self, resp: aiohttp.ClientResponse, idle_s: float) -> None:
         self._resp = resp

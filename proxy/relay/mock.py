@@ -12,12 +12,13 @@ import hashlib
 import struct
 import time
 import uuid
-from typing import Any, AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import orjson
 
-from proxy.responses_stream import synthesize_response_events
-from proxy.sse import format_event
+from proxy.relay.responses_stream import synthesize_response_events
+from proxy.relay.sse import format_event
 from proxy.types import Endpoint, UpstreamTarget
 
 EVENT_DELAY_S = 0.02

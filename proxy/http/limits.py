@@ -6,17 +6,17 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Callable
 
 from aiohttp import web
 
 from proxy import appkeys
-from proxy.auth import WorkspaceLimits
 from proxy.config import RateLimits
 from proxy.errors import OverloadedError, RateLimitedError
 from proxy.types import RequestRecord
+from proxy.workspaces.auth import WorkspaceLimits
 
 OVERLOAD_RETRY_AFTER_S = 1.0  # a shed request is cheap to retry; the cap frees up as streams end
 STREAMS_RETRY_AFTER_S = 1.0  # nobody knows when a stream ends: ask for a prompt retry

@@ -6,10 +6,10 @@ pool's accounts, and the BYOK lane only ever uses the calling workspace's key.
 
 from __future__ import annotations
 
-from typing import Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 from proxy.config import ByokProvider, Config, PoolAccount, Provider, ResaleUpstream
-from proxy.pool import Pool
+from proxy.lanes.pool import Pool
 from proxy.types import AttemptResult, Lane, Route, Secret, UpstreamTarget
 
 

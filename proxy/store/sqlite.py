@@ -12,15 +12,16 @@ import os
 import re
 import sqlite3
 import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import aiosqlite
 
-from proxy import keys, usage_store
-from proxy.migrations import Migration, load_migrations, migrate
-from proxy.store_types import (
+from proxy.store import usage_sql as usage_store
+from proxy.store.migrations import Migration, load_migrations, migrate
+from proxy.store.rows import (
     KEEP,
     ApiKey,
     AuthEntry,
@@ -37,6 +38,7 @@ from proxy.store_types import (
     WorkspaceNotFound,
 )
 from proxy.types import Secret
+from proxy.workspaces import keys
 
 BUSY_TIMEOUT_MS = 5000
 WORKSPACE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
@@ -62,7 +64,7 @@ def check_workspace_name(name: str) -> str:
     return name
 
 
-def _check_limit(field: str, value: int | None | Keep) -> None:
+def _check_limit(field: str, value: int | Keep | None) -> None:
     if value is KEEP or value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -190,7 +192,7 @@ class Store:
         return await self._update_workspace(name, "byok_enabled = ?", (int(enabled),))
 
     async def set_workspace_limits(
-        self, name: str, *, rpm_limit: int | None | Keep = KEEP, stream_limit: int | None | Keep = KEEP
+        self, name: str, *, rpm_limit: int | Keep | None = KEEP, stream_limit: int | Keep | None = KEEP
     ) -> Workspace:
         """Per-workspace overrides; None restores the configured default, KEEP leaves a field alone."""
         _check_limit("rpm_limit", rpm_limit)
@@ -318,7 +320,7 @@ class Store:
         writer = self._writer
         async with self._write_lock:
             try:
-                await writer._execute(usage_store.write_rows_sync, writer._conn, list(admitted), list(finished))  # noqa: SLF001  # reason: see docstring
+                await writer._execute(usage_store.write_rows_sync, writer._conn, list(admitted), list(finished))  # reason: see docstring
             except (sqlite3.Error, ValueError) as exc:  # aiosqlite: ValueError once closed
                 raise StoreUnavailable(f"cannot write to the store: {exc}") from exc
 

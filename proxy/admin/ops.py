@@ -9,9 +9,9 @@ import datetime as dt
 from typing import Any
 
 from proxy.config import Config
-from proxy.crypto import MasterKey, MasterKeyError, decrypt_provider_key, encrypt_provider_key
-from proxy.store import Store
-from proxy.store_types import ApiKey, ByokKey, InvalidValue, UsageTotal, Workspace
+from proxy.store.rows import ApiKey, ByokKey, InvalidValue, UsageTotal, Workspace
+from proxy.store.sqlite import Store
+from proxy.workspaces.crypto import MasterKey, MasterKeyError, decrypt_provider_key, encrypt_provider_key
 
 MAX_PROVIDER_KEY_CHARS = 4096
 
@@ -24,7 +24,7 @@ def parse_since(text: str | None) -> float | None:
         day = dt.date.fromisoformat(text)
     except ValueError:
         raise InvalidValue(f"since must be a date as YYYY-MM-DD, got '{text[:40]}'") from None
-    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp()
+    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp()
 
 
 def _unix(ts: float | None) -> int | None:
@@ -69,7 +69,7 @@ def usage_json(totals: list[UsageTotal], since: float | None) -> dict[str, Any]:
     ]
     return {
         "object": "usage_summary",
-        "since": None if since is None else dt.datetime.fromtimestamp(since, dt.timezone.utc).date().isoformat(),
+        "since": None if since is None else dt.datetime.fromtimestamp(since, dt.UTC).date().isoformat(),
         "data": rows,
         "total": {f: sum(r[f] for r in rows) for f in fields},
     }

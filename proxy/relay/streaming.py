@@ -6,18 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 from aiohttp import web
 
 from proxy import appkeys
-from proxy.attempt import Answer
-from proxy.drain import DRAIN, DrainDeadline
-from proxy.metrics import Metrics
-from proxy.relay import ClientStalled, ClientWriter, StreamRelay, inband_error, pump
-from proxy.sse import EventTooLarge
+from proxy.relay.attempt import Answer
+from proxy.relay.drain import DRAIN, DrainDeadline
+from proxy.relay.events import ClientStalled, ClientWriter, StreamRelay, inband_error, pump
+from proxy.relay.sse import EventTooLarge
+from proxy.relay.upstream import StreamBroken
+from proxy.telemetry.metrics import Metrics
 from proxy.types import Outcome, RequestRecord
-from proxy.upstream import StreamBroken
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 CLIENT_GONE = (ConnectionResetError, ConnectionError)

@@ -7,15 +7,16 @@ module writes SQL for usage.
 from __future__ import annotations
 
 import sqlite3
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 
-from proxy.store_types import USAGE_IN_FLIGHT, UsageRow, UsageTotal
+from proxy.store.rows import USAGE_IN_FLIGHT, UsageRow, UsageTotal
 from proxy.types import Outcome
 
 if TYPE_CHECKING:  # only for annotations: store imports this module
-    from proxy.store import Store
+    from proxy.store.sqlite import Store
 
 _COLUMNS = (
     "request_id, started_at, workspace_id, key_id, lane, public_model, upstream, endpoint, stream, status, "

@@ -12,16 +12,17 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy import appkeys, errors, scrub
-from proxy.attempt import Answer, AttemptFailed, AttemptSpec, attempt
-from proxy.body import parse_body, read_body
-from proxy.lanes import CheapLane
-from proxy.limits import admit_workspace
-from proxy.relay import estimate_usage
-from proxy.responses_stream import synthesize_response_events
-from proxy.routing import resolve_route
+from proxy import appkeys, errors
+from proxy.http.body import parse_body, read_body
+from proxy.http.limits import admit_workspace
+from proxy.lanes import scrub
+from proxy.lanes.routing import resolve_route
+from proxy.lanes.targets import CheapLane
+from proxy.relay.attempt import Answer, AttemptFailed, AttemptSpec, attempt
+from proxy.relay.events import estimate_usage
+from proxy.relay.responses_stream import synthesize_response_events
+from proxy.relay.streaming import stream_answer, synthesized_stream
 from proxy.runtime import Runtime
-from proxy.streaming import stream_answer, synthesized_stream
 from proxy.types import AttemptResult, Endpoint, Lane, RequestRecord, Route, Usage
 
 RECORD: web.RequestKey[RequestRecord] = web.RequestKey("okm_record", RequestRecord)
@@ -119,7 +120,7 @@ def exhausted(lane: Any, route: Route, failures: list[AttemptFailed]) -> errors.
     """The error for a request whose every attempt failed; it names no account."""
     limited = [f for f in failures if f.result is AttemptResult.RATE_LIMITED]
     if isinstance(lane, CheapLane):
-        if failures and len(limited) == len(failures) or not failures:
+        if (failures and len(limited) == len(failures)) or not failures:
             waits = [f.retry_after for f in limited if f.retry_after is not None]
             retry_after = min(waits) if waits else lane.soonest_retry_after(route)
             if limited or retry_after is not None:

@@ -9,14 +9,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 from aiohttp import web
 
-from proxy import scrub, sse
+from proxy.lanes import scrub
+from proxy.relay import sse
+from proxy.relay.upstream import StreamBroken
 from proxy.types import Usage
-from proxy.upstream import StreamBroken
 
 TAIL_GRACE_S = 0.05  # how long the end of the body may trail the terminal event
 # A usage object needs the per-event path (so do errors and CR line ends; see _first_special).
@@ -136,7 +138,7 @@ def estimate_usage(prompt_bytes: int, completion: int = 0) -> Usage:
 
 def _malformed(data: str) -> bool:
     """A cheap shape check, no JSON decode: every payload should be an object, or [DONE]."""
-    if data.startswith("{") and data.endswith("}") or data == "[DONE]":
+    if (data.startswith("{") and data.endswith("}")) or data == "[DONE]":
         return False
     data = data.strip()
     return not (data.startswith("{") and data.endswith("}")) and data != "[DONE]"
@@ -181,7 +183,7 @@ class ClientWriter:
     drain it) gets a timer; ordinary writes cost one size check.
     """
 
-    __slots__ = ("_response", "_transport", "_high", "_timeout_s")
+    __slots__ = ("_high", "_response", "_timeout_s", "_transport")
 
     def __init__(self, response: web.StreamResponse, transport: asyncio.Transport | None, timeout_s: float) -> None:
         self._response = response

@@ -7,8 +7,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from proxy import appkeys
-from proxy.limits import LIMITER
-from proxy.pool import AccountState
+from proxy.http.limits import LIMITER
+from proxy.lanes.pool import AccountState
 
 
 class LiveMetrics:

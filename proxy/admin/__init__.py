@@ -1,0 +1,1 @@
+"""The operator surface: the /admin API, the shared operations behind it and the CLI commands."""

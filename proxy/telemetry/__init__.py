@@ -1,0 +1,1 @@
+"""Metrics, live metrics and the access log."""
