@@ -10,6 +10,7 @@ from multidict import CIMultiDict
 from proxy.errors import StatefulRequestNotAllowedError
 from proxy.lanes.scrub import (
     FORBIDDEN_FIELDS,
+    SCHEMA_POSITIONS,
     client_response_headers,
     find_forbidden_field,
     mask_error_body,
@@ -188,6 +189,42 @@ def test_stateful_fields_are_refused_on_strict_lane_naming_the_field(extra, fiel
 )
 def test_find_forbidden_field_at_any_depth(body, path, expected):
     assert find_forbidden_field(body, path) == expected
+
+
+_SCHEMA = {"type": "object", "properties": {"api_key": {"type": "string"}, "base_url": {"type": "string"}},
+           "required": ["api_key"]}
+
+# Every JSON Schema position of the API, as the request that carries it (and the client that sends it).
+SCHEMA_POSITION_BODIES = [
+    (("tools", "*", "function", "parameters"), {"tools": [{"type": "function", "function": {"name": "f", "parameters": _SCHEMA}}]}),
+    (("tools", "*", "parameters"), {"tools": [{"type": "function", "name": "f", "parameters": _SCHEMA}]}),
+    (("tools", "*", "input_schema"), {"tools": [{"name": "f", "input_schema": _SCHEMA}]}),
+    (("functions", "*", "parameters"), {"functions": [{"name": "login", "parameters": _SCHEMA}]}),
+    (("response_format", "json_schema", "schema"),
+     {"response_format": {"type": "json_schema", "json_schema": {"name": "o", "schema": _SCHEMA}}}),
+    (("text", "format", "schema"), {"text": {"format": {"type": "json_schema", "name": "o", "schema": _SCHEMA}}}),
+    (("input", "*", "tools", "*", "input_schema"),
+     {"input": [{"type": "mcp_list_tools", "server_label": "s", "tools": [{"name": "f", "input_schema": _SCHEMA}]}]}),
+]
+
+
+@pytest.mark.parametrize(("position", "body"), SCHEMA_POSITION_BODIES, ids=lambda v: ".".join(v) if isinstance(v, tuple) else "")
+def test_every_json_schema_position_is_exempt(position, body):
+    assert find_forbidden_field({"model": "m", **body}) is None
+    # a second tool/function beside it with the name as its own field is still refused
+    leaked = {"model": "m", **body, "base_url": "http://evil"}
+    assert find_forbidden_field(leaked) == "base_url"
+
+
+def test_the_schema_position_table_lists_them_all():
+    assert [p for p, _ in SCHEMA_POSITION_BODIES] == list(SCHEMA_POSITIONS)
+
+
+def test_a_schema_position_only_exempts_the_schema_itself():
+    body = {"functions": [{"name": "f", "api_key": "k", "parameters": _SCHEMA}]}
+    assert find_forbidden_field(body) == "functions[0].api_key"
+    body = {"input": [{"type": "message", "content": [{"api_key": "k"}]}]}
+    assert find_forbidden_field(body) == "input[0].content[0].api_key"
 
 
 def test_find_forbidden_field_handles_deep_nesting_without_recursion():

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
 from aiohttp import web
 
-from proxy import appkeys
+from proxy import appkeys, errors
 from proxy.http.pipeline import proxy_request
 from proxy.runtime import Runtime
 from proxy.types import Endpoint, Lane
@@ -26,6 +27,22 @@ def endpoint_handler(endpoint: Endpoint) -> Handler:
 
 
 async def list_models(request: web.Request) -> web.Response:
+    data = [_model(i) for i in await _visible_models(request)]
+    return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type="application/json")
+
+
+async def retrieve_model(request: web.Request) -> web.Response:
+    """GET /v1/models/{model}: the SDK sends `cheap%2Fgpt-5.4`; `cheap/gpt-5.4` is accepted too."""
+    model_id = unquote(request.match_info["model"])
+    if model_id not in await _visible_models(request):
+        raise errors.ModelNotFoundError(
+            f"The model '{model_id[:300]}' does not exist or this workspace may not call it; "
+            "GET /v1/models lists the models it may call", param="model")
+    return web.Response(body=orjson.dumps(_model(model_id)), content_type="application/json")
+
+
+async def _visible_models(request: web.Request) -> list[str]:
+    """The prefixed model IDs the caller's workspace may call (authenticates the request)."""
     app = request.app
     auth = app[appkeys.AUTH]
     principal = await auth.authenticate(request)
@@ -37,8 +54,7 @@ async def list_models(request: web.Request) -> web.Response:
         for name, provider in sorted(runtime.config.byok_providers.items()):
             if name in stored:
                 ids += [f"{Lane.BYOK}/{name}/{m}" for m in provider.models]
-    data = [_model(i) for i in ids]
-    return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type="application/json")
+    return ids
 
 
 def _model(model_id: str) -> dict[str, Any]:
@@ -63,5 +79,6 @@ def add_routes(app: web.Application) -> None:
     for endpoint in Endpoint:
         app.router.add_post(f"/v1/{endpoint.value}", endpoint_handler(endpoint))
     app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model:.+}", retrieve_model)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

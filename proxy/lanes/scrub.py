@@ -88,24 +88,31 @@ def find_forbidden_field(body: Any, path: str = "") -> str | None:
     return None
 
 
+# Every place in a request body where the API takes a JSON Schema (a description of the client's
+# own tool or output shape, so a property named `api_key` there sets nothing). "*" is each item of a list.
+SCHEMA_POSITIONS: tuple[tuple[str, ...], ...] = (
+    ("tools", "*", "function", "parameters"),  # chat completions function tools
+    ("tools", "*", "parameters"),  # Responses function tools
+    ("tools", "*", "input_schema"),  # MCP-style / Anthropic-style tool definitions
+    ("functions", "*", "parameters"),  # legacy chat `functions`
+    ("response_format", "json_schema", "schema"),  # chat structured outputs
+    ("text", "format", "schema"),  # Responses structured outputs
+    ("input", "*", "tools", "*", "input_schema"),  # replayed Responses `mcp_list_tools` items
+)
+
+
 def _schema_subtrees(body: Any) -> set[int]:
-    """ids of the JSON Schema objects in a request: tools[].function.parameters, tools[].parameters,
-    tools[].input_schema, response_format.json_schema.schema, text.format.schema."""
-    if not isinstance(body, dict):
-        return set()
-    found: list[Any] = []
-    for tool in body.get("tools") or ():
-        if isinstance(tool, dict):
-            function = tool.get("function")
-            if isinstance(function, dict):
-                found.append(function.get("parameters"))
-            found += [tool.get("parameters"), tool.get("input_schema")]
-    for outer, inner in (("response_format", "json_schema"), ("text", "format")):
-        holder = body.get(outer)
-        holder = holder.get(inner) if isinstance(holder, dict) else None
-        if isinstance(holder, dict):
-            found.append(holder.get("schema"))
-    return {id(node) for node in found if isinstance(node, dict)}
+    """ids of the JSON Schema objects in a request, at the SCHEMA_POSITIONS."""
+    found: set[int] = set()
+    for position in SCHEMA_POSITIONS:
+        nodes = [body]
+        for step in position:
+            if step == "*":
+                nodes = [item for node in nodes if isinstance(node, list) for item in node]
+            else:
+                nodes = [node.get(step) for node in nodes if isinstance(node, dict)]
+        found.update(id(node) for node in nodes if isinstance(node, dict))
+    return found
 
 
 def _path_of(body: Any, path: str, exempt: set[int]) -> str | None:

@@ -22,6 +22,9 @@ from proxy.types import AttemptResult, Endpoint, UpstreamTarget
 
 MAX_JSON_ANSWER_BYTES = 64 * 1024 * 1024
 MAX_ERROR_BODY_BYTES = 256 * 1024
+# Fields only valid with "stream": true; a non-stream upstream call that kept them would be refused
+# ("The 'stream_options' parameter is only allowed when 'stream' is enabled").
+STREAM_ONLY_FIELDS = ("stream_options",)
 
 
 @dataclass(slots=True)
@@ -67,6 +70,8 @@ def upstream_body(spec: AttemptSpec, target: UpstreamTarget) -> tuple[bytes, boo
     if stream and spec.endpoint is Endpoint.RESPONSES and not target.responses_stream:
         data["stream"] = False
         stream = False
+        for field in STREAM_ONLY_FIELDS:
+            data.pop(field, None)
     elif stream and spec.endpoint is Endpoint.CHAT:
         options = dict(data.get("stream_options") or {})
         if not options.get("include_usage"):

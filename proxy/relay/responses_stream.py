@@ -111,7 +111,7 @@ def _item_events(item: JSON, index: int, size: int) -> Iterator[tuple[EventType,
         arguments = item.get("arguments") or ""
         for delta in _chunks(arguments, size):
             yield EventType.ARGS_DELTA, {**where, "delta": delta}
-        yield EventType.ARGS_DONE, {**where, "arguments": arguments}
+        yield EventType.ARGS_DONE, {**where, "name": item.get("name", ""), "arguments": arguments}
     elif kind == "reasoning":
         added = {**item, "status": "in_progress", "summary": []}
         if "content" in added:

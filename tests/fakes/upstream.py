@@ -195,7 +195,10 @@ class FakeUpstream:
 
     async def _serve(self, request: web.Request, behaviour: Behaviour, body: dict[str, Any]) -> web.StreamResponse:
         if isinstance(behaviour, Auto):
-            if body.get("stream") is True:
+            if "stream_options" in body and body.get("stream") is not True:  # as OpenAI refuses it
+                message = "The 'stream_options' parameter is only allowed when 'stream' is enabled."
+                behaviour = Reply(400, payloads.openai_error(message, param="stream_options"))
+            elif body.get("stream") is True:
                 behaviour = Stream(eol=behaviour.eol, headers=behaviour.headers)
             else:
                 behaviour = Reply(headers=behaviour.headers)
