@@ -42,6 +42,8 @@ class Limits:
     client_stall_timeout_s: float = 120.0  # a stream whose client reads nothing this long is dropped
     upstream_connections: int = 1000
     client_header_timeout_s: float = 15.0  # also the idle keep-alive timeout (restart to change)
+    max_workspace_share: float = 0.5  # of max_concurrent_requests one workspace may hold (body phase included)
+    max_json_containers: int = 50_000  # objects + arrays in one request body
 
 
 @dataclass(frozen=True, slots=True)

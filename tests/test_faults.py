@@ -441,3 +441,61 @@ async def test_slowloris_connections_are_closed_at_the_header_timeout(tmp_path: 
     finally:
         gateway.stop()
         await fake.stop()
+
+
+# --- one tenant's CPU and slow bodies (availability under attack) --------------------------------
+
+PAD_BODY = b'{"model": "resale/' + MODEL.encode() + b'", "pad": [' + b",".join([b"{}"] * 1_400_000) + b"]}"
+ADMIN = {"Authorization": "Bearer admin-test-token"}
+
+
+async def set_limits(gw: Gateway, workspace: str, **limits: Any) -> None:
+    async with gw.session.patch(f"{gw.url}/admin/workspaces/{workspace}/limits", json=limits, headers=ADMIN) as r:
+        assert r.status == 200, await r.text()
+
+
+async def test_a_body_of_a_million_containers_freezes_nothing(gateway: Any) -> None:
+    """4 MiB of empty JSON containers: refused fast; /healthz stays quick; another tenant's stream,
+    paced closer than its idle timeout, is not cut as an upstream timeout."""
+    gw = await gateway(pool=0, resale=1, byok=(), workspaces={"attacker": None, "victim": None},
+                       limits={"max_body_bytes": 5 << 20, "idle_timeout_s": 1})
+    await set_limits(gw, "attacker", rpm_limit=1)
+    paced = (*(p for e in EVENTS for p in (e, 0.25)), payloads.done())
+    gw.resale[0].script(Stream(paced))
+    stream = asyncio.create_task(gw.post("/v1/chat/completions", {"model": f"resale/{MODEL}", "messages": CHAT,
+                                                                  "stream": True}, workspace="victim"))
+    await until(lambda: bool(gw.resale[0].requests))
+    lags: list[float] = []
+
+    async def probe() -> None:
+        while not stream.done():
+            started = time.monotonic()
+            assert (await gw.get("/healthz", authed=False)).status == 200
+            lags.append(time.monotonic() - started)
+            await asyncio.sleep(0.02)
+
+    prober = asyncio.create_task(probe())
+    started = time.monotonic()
+    answers = [await gw.post("/v1/chat/completions", data=PAD_BODY, workspace="attacker") for _ in range(3)]
+    took = time.monotonic() - started
+    victim = await stream
+    await prober
+    assert answers[0].status == 400 and "JSON objects and arrays" in answers[0].error["message"]
+    assert [a.status for a in answers[1:]] == [429, 429]  # the minute bucket applies before the parse
+    assert took < 1.5, f"three refusals took {took:.2f}s"
+    assert max(lags) < 0.5, f"/healthz waited {max(lags):.2f}s"
+    assert victim.status == 200 and blocks(victim.body)[-1] == b"data: [DONE]\n\n", victim.body[-300:]
+    assert b"upstream_timeout" not in victim.body
+
+
+async def test_a_blocked_event_loop_is_not_blamed_on_the_upstream(gateway: Any) -> None:
+    gw = await gateway(pool=0, resale=1, byok=(), limits={"idle_timeout_s": 0.5})
+    gw.resale[0].script(Stream((*(p for e in EVENTS for p in (e, 0.1)), payloads.done())))
+    async with gw.session.post(gw.url + "/v1/chat/completions", headers=gw.auth(),
+                               json={"model": f"resale/{MODEL}", "messages": CHAT, "stream": True}) as resp:
+        first = await resp.content.readany()
+        time.sleep(1.2)  # the gateway's loop is this test's loop: a blocking handler elsewhere, simulated
+        body = first + await resp.read()
+    assert resp.status == 200 and blocks(body)[-1] == b"data: [DONE]\n\n", body[-300:]
+    assert b"upstream_timeout" not in body
+    assert (await gw.usage_rows(1))[0]["outcome"] == "ok"

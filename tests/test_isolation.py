@@ -255,3 +255,53 @@ async def test_interleaved_streams_of_two_workspaces_never_cross(gateway: Any, n
 
 def _datas(body: bytes) -> list[bytes]:
     return [payloads.data_of(b) for b in payloads.blocks(body) if payloads.data_of(b) != b"[DONE]"]
+
+
+# --- slow bodies: one tenant cannot take every global slot ---------------------------------------
+
+ADMIN = {"Authorization": "Bearer admin-test-token"}
+
+
+async def _slow_post(gw: Gateway, key: str, declared: int = 1000, sent: int = 25) -> tuple[asyncio.StreamReader,
+                                                                                           asyncio.StreamWriter]:
+    host, port = gw.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 + f"Authorization: Bearer {key}\r\nContent-Length: {declared}\r\n\r\n".encode() + b" " * sent)
+    await writer.drain()
+    return reader, writer
+
+
+async def _status_within(reader: asyncio.StreamReader, seconds: float) -> int | None:
+    try:
+        async with asyncio.timeout(seconds):
+            line = await reader.readline()
+    except TimeoutError:
+        return None
+    return int(line.split()[1]) if line else None
+
+
+@pytest.mark.parametrize("rpm", [None, 1])
+async def test_slow_bodies_from_one_workspace_leave_room_for_others(gateway: Any, rpm: int | None) -> None:
+    gw: Gateway = await gateway(pool=1, resale=1, byok=(), workspaces={"slow": None, "other": None},
+                                limits={"max_concurrent_requests": 4, "client_body_timeout_s": 5})
+    if rpm is not None:
+        async with gw.session.patch(f"{gw.url}/admin/workspaces/slow/limits", json={"rpm_limit": rpm},
+                                    headers=ADMIN) as r:
+            assert r.status == 200
+        async with gw.session.get(f"{gw.url}/v1/models", headers=gw.auth("slow")) as r:
+            assert r.status == 200  # the auth cache has the new limit before the burst
+    conns = [await _slow_post(gw, gw.keys["slow"]) for _ in range(4)]
+    try:
+        statuses = [await _status_within(reader, 0.5) for reader, _ in conns]
+        held = 1 if rpm == 1 else 2  # one minute token; else half of max_concurrent_requests
+        assert sorted(statuses, key=str) == [429] * (4 - held) + [None] * held, statuses
+        answer = await gw.post("/v1/chat/completions", chat_body(f"cheap/{MODEL}", "hi"), workspace="other")
+        assert answer.status == 200, answer.body[:300]
+        text = await scrape(gw.url, gw.session)
+        reason = "workspace_rpm" if rpm == 1 else "workspace_concurrency"
+        assert metric(text, "okm_requests_shed_total", reason=reason) == 4 - held
+        assert metric(text, "okm_requests_shed_total", reason="overloaded") == 0
+    finally:
+        for _, writer in conns:
+            writer.close()

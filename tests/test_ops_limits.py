@@ -105,7 +105,7 @@ async def _open_stream(session: aiohttp.ClientSession, url: str, key: str, model
 
 async def test_cap_answers_503_while_streams_in_flight_continue(tmp_path: Path) -> None:
     async with fake_upstream() as up:
-        config = write_config(tmp_path, config_data(up, limits={"max_concurrent_requests": 2}))
+        config = write_config(tmp_path, config_data(up, limits={"max_concurrent_requests": 2, "max_workspace_share": 1.0}))
         key = (await make_keys(tmp_path / "okm.sqlite3", "acme"))["acme"]
         async with app_gateway(config) as (url, _), aiohttp.ClientSession() as session:
             streams = [await _open_stream(session, url, key, "resale/slow-10-100") for _ in range(2)]

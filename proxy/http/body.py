@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ from aiohttp import hdrs, web
 from proxy.errors import InvalidRequestError, RequestTooLargeError
 
 MAX_DEPTH = 64
+MAX_CONTAINERS = 50_000  # limits.max_json_containers
 
 
 class UnsupportedMediaError(InvalidRequestError):
@@ -89,15 +91,46 @@ def _finite_float(text: str) -> float:
 
 _DECODER = json.JSONDecoder(object_pairs_hook=_unique_object, parse_constant=_reject_constant,
                             parse_float=_finite_float)
+# Every key ends with an unescaped quote, optional blanks and a colon; the count also includes a
+# few non-keys (escaped quotes, strings starting with ':'), so it can only overestimate.
+_KEY_END = re.compile(rb'"[ \t\r\n]*:')
+# orjson reads integers past 64 bits as floats: a run this long may be one, so read exactly.
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_DIGITS = b"0" * 19
 
 
-def parse_body(raw: bytes) -> RequestBody:
-    """Strict JSON → RequestBody; every problem is a 400 naming it."""
+def parse_body(raw: bytes, max_containers: int = MAX_CONTAINERS) -> RequestBody:
+    """Strict JSON → RequestBody; every problem is a 400 naming it.
+
+    Bounded work before any limit could apply: orjson parses (C, ~20 ms for a 4 MiB body),
+    one walk checks depth and counts objects and arrays with an early stop at `max_containers`,
+    and the exact pure-Python decoder (duplicate keys, big integers, precise messages) runs only
+    when a cheap byte check says it is needed and the body has at most `max_containers`
+    containers, so its per-object cost is bounded too.
+    """
     if not raw.strip():
         raise InvalidRequestError("request body is empty; send a JSON object")
+    upper = raw.count(b"{") + raw.count(b"[")  # at least the number of containers
+    exact = False
     try:
-        text = raw.decode("utf-8")
-        data = _DECODER.decode(text)
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if upper > max_containers:
+            raise InvalidRequestError(f"request body is not valid JSON: {str(exc)[:200]}") from exc
+        data, exact = _strict_decode(raw), True  # raises with the precise message, or reads what orjson cannot
+    if not isinstance(data, dict):
+        raise InvalidRequestError(f"request body must be a JSON object, got {_json_type(data)}")
+    keys = _check_shape(data, max_containers)
+    if not exact and (len(_KEY_END.findall(raw)) != keys or _LONG_DIGITS in raw.translate(_DIGITS_AS_ZERO)):
+        data, exact = _strict_decode(raw), True  # a key may repeat, or an integer may not fit: decide exactly
+    if exact:
+        encode_body(data)  # refuse here what could not be forwarded (lone surrogates, integers past 64 bits)
+    return _request_body(data)
+
+
+def _strict_decode(raw: bytes) -> Any:
+    try:
+        return _DECODER.decode(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise InvalidRequestError("request body is not valid UTF-8") from exc
     except RecursionError as exc:
@@ -106,10 +139,9 @@ def parse_body(raw: bytes) -> RequestBody:
         raise InvalidRequestError(f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
     except ValueError as exc:  # Python's cap on integer digits
         raise InvalidRequestError("request body has an integer with too many digits") from exc
-    if not isinstance(data, dict):
-        raise InvalidRequestError(f"request body must be a JSON object, got {_json_type(data)}")
-    _check_depth(data)
-    encode_body(data)  # refuse here what could not be forwarded (lone surrogates, integers past 64 bits)
+
+
+def _request_body(data: dict[str, Any]) -> RequestBody:
     model = data.get("model")
     if model is None:
         raise InvalidRequestError("'model' is required, e.g. \"cheap/gpt-5.4\"", param="model")
@@ -126,14 +158,44 @@ def parse_body(raw: bytes) -> RequestBody:
     return RequestBody(data, model, stream)
 
 
-def _check_depth(root: Any) -> None:
-    stack = [(root, 1)]
-    while stack:
-        value, depth = stack.pop()
+def _check_shape(root: dict[str, Any], max_containers: int) -> int:
+    """Depth ≤ MAX_DEPTH and at most `max_containers` objects/arrays; returns the number of keys.
+
+    One level at a time; a container with more children than the room left is counted first
+    at C speed (`map(type, …)`), so a huge array costs no Python step per item before refusal.
+    """
+    level: list[Any] = [root]
+    containers = keys = 0
+    depth = 1
+    while level:
         if depth > MAX_DEPTH:
             raise InvalidRequestError(f"request body is nested deeper than {MAX_DEPTH} levels")
-        children = value.values() if isinstance(value, dict) else value
-        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+        containers += len(level)
+        deeper: list[Any] = []
+        for value in level:
+            if not value:
+                continue
+            if type(value) is dict:
+                keys += len(value)
+                children: Any = value.values()
+            else:
+                children = value
+            if len(children) > 16:  # count nested containers at C speed before any Python step per item
+                types = list(map(type, children))
+                nested = types.count(dict) + types.count(list)
+                if nested == 0:
+                    continue
+                if nested > max_containers - containers - len(deeper):
+                    containers = max_containers + 1
+                    break
+            deeper += [c for c in children if type(c) is dict or type(c) is list]
+        if containers + len(deeper) > max_containers:
+            raise InvalidRequestError(
+                f"request body has more than {max_containers} JSON objects and arrays, the limit"
+            )
+        level = deeper
+        depth += 1
+    return keys
 
 
 def _json_type(value: Any) -> str:

@@ -1,12 +1,19 @@
 """Admission control: a global cap on proxied requests in flight (refused at once with 503
-`overloaded`, never queued) and per-workspace requests-per-minute and concurrent-stream limits
-(429 `rate_limited`). It counts and refuses; it does not route, authenticate or talk upstream.
+`overloaded`, never queued), a per-workspace share of that cap, and per-workspace
+requests-per-minute and concurrent-stream limits (429 `rate_limited`). It counts and refuses;
+it does not route, authenticate or talk upstream.
+
+Order (docs/robustness.md): the workspace share and the minute bucket apply right after
+authentication, before the body is read or parsed, so a request still sending its body holds
+its workspace's slot and a refused, slow or malformed request costs its own workspace.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -29,6 +36,7 @@ class ShedReason(StrEnum):
     DRAINING = "draining"  # the listener is closed for a stop; the request came on a kept-alive connection
     WORKSPACE_RPM = "workspace_rpm"
     WORKSPACE_STREAMS = "workspace_streams"
+    WORKSPACE_CONCURRENCY = "workspace_concurrency"  # its share of limits.max_concurrent_requests
 
 
 class Overloaded(OverloadedError):
@@ -64,12 +72,18 @@ class _Bucket:
     updated: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ticket:
     """A workspace admission; a stream ticket holds one of the workspace's stream slots."""
 
     workspace_id: int
     stream: bool
+    active: bool = False  # holds one of the workspace's in-flight slots
+
+
+def workspace_cap(max_concurrent: int, share: float) -> int:
+    """How many requests one workspace may have in flight: its share of the global cap."""
+    return max(1, math.ceil(max_concurrent * min(share, 1.0)))
 
 
 class Limiter:
@@ -85,6 +99,7 @@ class Limiter:
         self._clock = clock
         self._buckets: dict[int, _Bucket] = {}
         self._streams: dict[int, int] = {}
+        self._active: dict[int, int] = {}  # requests in flight per workspace, body phase included
 
     def enter(self, cap: int) -> None:
         if self.in_flight >= cap:
@@ -100,29 +115,59 @@ class Limiter:
     def streams(self, workspace_id: int) -> int:
         return self._streams.get(workspace_id, 0)
 
+    def active(self, workspace_id: int) -> int:
+        return self._active.get(workspace_id, 0)
+
     def admit(self, workspace_id: int, stream: bool, limits: EffectiveLimits) -> Ticket:
         """Take one request (and, for a stream, one stream slot) or raise WorkspaceLimited."""
+        if stream:
+            self._check_streams(workspace_id, limits)
+        self.take_request(workspace_id, limits)
+        ticket = Ticket(workspace_id, False)
+        if stream:
+            self.take_stream(ticket, limits)
+        return ticket
+
+    def enter_workspace(self, workspace_id: int, cap: int, limits: EffectiveLimits) -> Ticket:
+        """Admit a request whose body is not read yet: one in-flight slot of the workspace's
+        share, then one token of its minute bucket (a refusal takes neither)."""
+        if self.active(workspace_id) >= cap:
+            raise WorkspaceLimited(
+                ShedReason.WORKSPACE_CONCURRENCY,
+                f"this workspace already has {cap} requests in flight, its share of the gateway; "
+                "retry when one has finished",
+                STREAMS_RETRY_AFTER_S,
+            )
+        self.take_request(workspace_id, limits)
+        self._active[workspace_id] = self.active(workspace_id) + 1
+        return Ticket(workspace_id, False, active=True)
+
+    def take_request(self, workspace_id: int, limits: EffectiveLimits) -> None:
+        if limits.requests_per_minute is not None:
+            self._take(workspace_id, limits.requests_per_minute)
+
+    def take_stream(self, ticket: Ticket, limits: EffectiveLimits) -> None:
+        """Turn an admitted request into a stream: one of the workspace's stream slots."""
+        self._check_streams(ticket.workspace_id, limits)
+        self._streams[ticket.workspace_id] = self.streams(ticket.workspace_id) + 1
+        ticket.stream = True
+
+    def _check_streams(self, workspace_id: int, limits: EffectiveLimits) -> None:
         cap = limits.concurrent_streams
-        if stream and cap is not None and self.streams(workspace_id) >= cap:
+        if cap is not None and self.streams(workspace_id) >= cap:
             raise WorkspaceLimited(
                 ShedReason.WORKSPACE_STREAMS,
                 f"this workspace already has {cap} streams open, its limit; retry when one has finished",
                 STREAMS_RETRY_AFTER_S,
             )
-        if limits.requests_per_minute is not None:
-            self._take(workspace_id, limits.requests_per_minute)
-        if stream:
-            self._streams[workspace_id] = self.streams(workspace_id) + 1
-        return Ticket(workspace_id, stream)
 
     def release(self, ticket: Ticket) -> None:
-        if not ticket.stream:
-            return
-        left = self.streams(ticket.workspace_id) - 1
-        if left > 0:
-            self._streams[ticket.workspace_id] = left
-        else:
-            self._streams.pop(ticket.workspace_id, None)
+        if ticket.active:
+            ticket.active = False
+            _decrement(self._active, ticket.workspace_id)
+        if ticket.stream:
+            ticket.stream = False
+            _decrement(self._streams, ticket.workspace_id)
 
     def _take(self, workspace_id: int, rpm: int) -> None:
         now = self._clock()
@@ -139,25 +184,51 @@ class Limiter:
         bucket.tokens -= 1.0
 
 
+def _decrement(counts: dict[int, int], workspace_id: int) -> None:
+    left = counts.get(workspace_id, 0) - 1
+    if left > 0:
+        counts[workspace_id] = left
+    else:
+        counts.pop(workspace_id, None)
+
+
 LIMITER: web.AppKey[Limiter] = web.AppKey("limiter", Limiter)
 _TICKET: web.RequestKey[Ticket] = web.RequestKey("okm_workspace_ticket", Ticket)
 
 
 def admit_workspace(request: web.Request, record: RequestRecord) -> None:
-    """Apply the caller's workspace limits to an authenticated, parsed request; raises 429.
-
-    Called by the pipeline once the principal and the stream flag are known, before any
-    upstream call; the admission middleware gives the stream slot back when the request ends.
-    """
-    app = request.app
+    """Apply the caller's workspace share and minute bucket to an authenticated request whose
+    body is not read yet; raises 429. The admission middleware gives the slots back."""
     principal = record.principal
     assert principal is not None, "admit_workspace runs after authentication"
+    app = request.app
+    config = app[appkeys.STATE].runtime.config
+    cap = workspace_cap(config.limits.max_concurrent_requests, config.limits.max_workspace_share)
+    with _counted(request):
+        request[_TICKET] = app[LIMITER].enter_workspace(principal.workspace_id, cap, _limits_of(request, principal.workspace_id))
+
+
+def admit_stream(request: web.Request, record: RequestRecord) -> None:
+    """Once the body says it is a stream: take one of the workspace's stream slots; raises 429."""
+    ticket = request.get(_TICKET)
+    if ticket is None or not record.stream:
+        return
+    with _counted(request):
+        request.app[LIMITER].take_stream(ticket, _limits_of(request, ticket.workspace_id))
+
+
+def _limits_of(request: web.Request, workspace_id: int) -> EffectiveLimits:
+    app = request.app
     defaults = app[appkeys.STATE].runtime.config.rate_limits
-    limits = effective_limits(defaults, app[appkeys.AUTH].principal_limits(principal.workspace_id))
+    return effective_limits(defaults, app[appkeys.AUTH].principal_limits(workspace_id))
+
+
+@contextlib.contextmanager
+def _counted(request: web.Request) -> Iterator[None]:
     try:
-        request[_TICKET] = app[LIMITER].admit(principal.workspace_id, record.stream, limits)
+        yield
     except WorkspaceLimited as exc:
-        app[appkeys.METRICS].shed.labels(exc.reason).inc()
+        request.app[appkeys.METRICS].shed.labels(exc.reason).inc()
         raise
 
 

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from proxy import appkeys, errors
 from proxy.http.body import parse_body, read_body
-from proxy.http.limits import admit_workspace
+from proxy.http.limits import admit_stream, admit_workspace
 from proxy.lanes import scrub
 from proxy.lanes.routing import resolve_route
 from proxy.lanes.targets import CheapLane
@@ -33,9 +33,10 @@ async def proxy_request(request: web.Request, endpoint: Endpoint) -> web.StreamR
     runtime: Runtime = app[appkeys.STATE].runtime  # one config generation for the whole request
     record: RequestRecord = request[RECORD]
     record.principal = principal = await app[appkeys.AUTH].authenticate(request)
+    admit_workspace(request, record)  # 429 before the body is read: slow, big and bad bodies cost their workspace
     limits = runtime.config.limits
     raw = await read_body(request, limits.max_body_bytes, limits.client_body_timeout_s)
-    body = parse_body(raw)
+    body = parse_body(raw, limits.max_json_containers)
     record.stream = body.stream
     forbidden = scrub.find_forbidden_field(body.data)
     if forbidden is not None:
@@ -45,7 +46,7 @@ async def proxy_request(request: web.Request, endpoint: Endpoint) -> web.StreamR
         )
     record.route = route = resolve_route(body.model, runtime.table)
     lane = runtime.lanes.for_route(route)
-    admit_workspace(request, record)  # 429 before any upstream call; the stream flag is known now
+    admit_stream(request, record)  # the stream flag is known now; still before any upstream call
     key = None
     if route.lane is Lane.BYOK:
         key = await app[appkeys.BYOK].key_for(runtime.master_keys, principal, route.provider or "")

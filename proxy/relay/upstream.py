@@ -63,8 +63,11 @@ class Reply:
         """Return the connection to the pool after a complete exchange."""
 
 
+LOOP_LAG_S = 0.25  # a timer this late means the event loop itself was blocked, not the upstream
+
+
 class HttpReply(Reply):
-    __slots__ = ("_away", "_idle_s", "_last_read", "_loop", "_resp", "_timer", "headers", "status")
+    __slots__ = ("_away", "_due", "_idle_s", "_last_read", "_loop", "_resp", "_seen", "_timer", "headers", "status")
 
     def __init__(self, resp: aiohttp.ClientResponse, idle_s: float) -> None:
         self._resp = resp
@@ -75,22 +78,33 @@ class HttpReply(Reply):
         self._last_read = self._loop.time()
         self._timer: asyncio.TimerHandle | None = None
         self._away = False  # a chunk is with the consumer (e.g. blocked writing to a slow client)
+        self._due = 0.0  # when the armed timer should fire
+        self._seen = 0  # bytes the upstream had sent at our last read
 
     # One timer per reply that re-arms itself, instead of a timer per chunk: the hot path only
     # stores the time of the last read.
     def _arm(self) -> None:
         if self._timer is None:
-            self._timer = self._loop.call_at(self._last_read + self._idle_s, self._check_idle)
+            self._rearm(self._last_read + self._idle_s)
+
+    def _rearm(self, deadline: float) -> None:
+        self._due = deadline
+        self._timer = self._loop.call_at(deadline, self._check_idle)
 
     def _check_idle(self) -> None:
+        """The upstream is idle only if we were waiting for it and it sent nothing. Not when the
+        consumer holds a chunk, when bytes wait unread, nor when the loop was blocked (the timer
+        fired late): then it gets a fresh window, a blocked loop is never the upstream's fault."""
         self._timer = None
-        deadline = self._last_read + self._idle_s
-        if self._away:  # we are not waiting for the upstream, so its silence is not its fault
-            deadline = self._loop.time() + self._idle_s
-        elif self._loop.time() >= deadline:
+        now = self._loop.time()
+        arrived = self._resp.content.total_bytes
+        if self._away or arrived != self._seen or now - self._due > LOOP_LAG_S:
+            self._seen = arrived
+            self._rearm(now + self._idle_s)
+        elif now >= self._last_read + self._idle_s:
             self._resp.content.set_exception(IdleTimeout())
-            return
-        self._timer = self._loop.call_at(deadline, self._check_idle)
+        else:
+            self._rearm(self._last_read + self._idle_s)
 
     async def read(self, limit: int) -> bytes:
         parts: list[bytes] = []
@@ -104,6 +118,7 @@ class HttpReply(Reply):
 
     async def chunks(self) -> AsyncIterator[bytes]:
         self._last_read = self._loop.time()
+        self._seen = self._resp.content.total_bytes
         if not self._resp.content.is_eof():  # a body already complete needs no idle timer
             self._arm()
         try:
@@ -112,6 +127,7 @@ class HttpReply(Reply):
                 yield chunk
                 self._away = False
                 self._last_read = self._loop.time()  # the wait for the next chunk starts when we ask for it
+                self._seen = self._resp.content.total_bytes
         except IdleTimeout as exc:
             raise StreamBroken(f"upstream sent nothing for {self._idle_s:g}s", timeout=True) from exc
         except (aiohttp.ClientError, ConnectionError) as exc:
