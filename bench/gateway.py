@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from proxy.store.sqlite import Store
+from proxy.store import Store
 from proxy.types import Secret
 
 WORKSPACE = "bench"

@@ -20,7 +20,7 @@ from proxy.relay.drain import DRAIN, Drain
 from proxy.relay.upstream import UpstreamClient
 from proxy.runtime import Runtime
 from proxy.startup_checks import check_master_key
-from proxy.store.sqlite import Store
+from proxy.store import Store
 from proxy.store.usage_writer import UsageRecorder
 from proxy.telemetry.accesslog import AccessLog
 from proxy.telemetry.live_metrics import LiveMetrics
@@ -62,7 +62,7 @@ def build_app(config: Config, metrics: Metrics | None = None) -> web.Application
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     state: State = app[appkeys.STATE]
     config = state.runtime.config
-    store = await Store.open(config.store_path)
+    store = await Store.open(config.store_url)
     try:
         await check_master_key(store, state.runtime)
         auth = Authenticator(store, config.key_pepper)

@@ -17,6 +17,7 @@ import yaml
 
 from proxy.config_reader import Reader, read_env_file
 from proxy.errors import ConfigError
+from proxy.store_url import StoreUrl, StoreUrlError, parse_store_url
 from proxy.types import Secret
 
 PROVIDER_KINDS = ("openai", "mock")
@@ -112,7 +113,7 @@ class Config:
     source: Path
     listen: Listen
     metrics_listen: Listen | None
-    store_path: Path
+    store_url: StoreUrl
     admin_token: Secret | None
     admin_token_env: str
     key_pepper: Secret
@@ -132,6 +133,13 @@ class Config:
     event_loop: str = "auto"  # auto: uvloop when installed, else asyncio's own
     byok_next_master_key: Secret | None = None  # during a rotation: also accepted for stored keys
     byok_next_master_key_env: str = "OKM_NEW_MASTER_KEY"
+
+    @property
+    def store_path(self) -> Path:
+        """The SQLite file (only meaningful when the store is SQLite)."""
+        if self.store_url.path is None:
+            raise ConfigError(f"store: {self.store_url.display} is not a SQLite file")
+        return self.store_url.path
 
 
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
@@ -154,14 +162,30 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     return config
 
 
+def _store_url(store: Reader) -> StoreUrl:
+    if store.has("url") and store.has("path"):
+        store.fail("url", "give store.url or store.path, not both")
+    if store.has("url"):
+        try:
+            url = parse_store_url(store.string("url"), store.base_dir)
+        except StoreUrlError as exc:
+            store.fail("url", str(exc))
+    else:
+        url = StoreUrl.sqlite(store.path("path", default="var/okm.sqlite3"))
+    if store.has("password_env"):
+        if url.dsn is None:
+            store.fail("password_env", "only a postgresql:// store takes a password")
+        url = url.with_password(store.required_secret_named("password_env", store.string("password_env")))
+    store.reject_unknown()
+    return url
+
+
 def _build(root: Reader, source: Path, env: dict[str, str]) -> Config:
     listen = _listen(root.section("listen"), Listen("127.0.0.1", 8080))
     metrics = root.section("metrics")
     metrics_listen = _listen(metrics.section("listen"), None) if metrics.has("listen") else None
     metrics.reject_unknown()
-    store = root.section("store")
-    store_path = store.path("path", default="var/okm.sqlite3")
-    store.reject_unknown()
+    store_url = _store_url(root.section("store"))
     admin = root.section("admin")
     admin_env = admin.string("token_env", default="OKM_ADMIN_TOKEN")
     admin.reject_unknown()
@@ -182,7 +206,7 @@ def _build(root: Reader, source: Path, env: dict[str, str]) -> Config:
         source=source,
         listen=listen,
         metrics_listen=metrics_listen,
-        store_path=store_path,
+        store_url=store_url,
         admin_token=root.optional_secret_named(admin_env),
         admin_token_env=admin_env,
         key_pepper=root.required_secret_named("key_pepper_env", pepper_env),

@@ -26,7 +26,7 @@ log = logging.getLogger("okm.reload")
 RESTART_ONLY: tuple[tuple[str, Callable[[Config], Any]], ...] = (
     ("listen", lambda c: c.listen),
     ("metrics.listen", lambda c: c.metrics_listen),
-    ("store.path", lambda c: c.store_path),
+    ("store", lambda c: c.store_url),
     ("key_pepper_env (its value)", lambda c: c.key_pepper),
     ("limits.connect_timeout_s", lambda c: c.limits.connect_timeout_s),
     ("limits.upstream_connections", lambda c: c.limits.upstream_connections),
@@ -44,6 +44,7 @@ class Reload:
 def known_secrets(config: Config) -> tuple[str, ...]:
     """Every secret value a config resolved, so log redaction can mask it verbatim."""
     secrets = [config.key_pepper, config.admin_token, config.byok_master_key, config.byok_next_master_key]
+    secrets.append(config.store_url.password)
     secrets += [a.api_key for a in config.cheap_pool] + [p.api_key for p in config.providers.values()]
     return tuple(s.reveal() for s in secrets if s is not None)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from proxy.errors import ConfigError
 from proxy.runtime import Runtime
-from proxy.store.sqlite import Store
+from proxy.store import Store
 
 
 async def check_master_key(store: Store, runtime: Runtime) -> None:

@@ -25,9 +25,10 @@ from aiohttp import web
 from proxy import appkeys
 from proxy.app import build_app
 from proxy.config import Config, load_config
-from proxy.store.sqlite import Store
+from proxy.store import Store
 from proxy.workspaces.crypto import MasterKey, encrypt_provider_key, generate_master_key
 from tests.fakes.upstream import FakeUpstream
+from tests.pg import fresh_schema
 
 MODEL = "gpt-test"
 EMBED_MODEL = "text-embedding-test"
@@ -232,3 +233,13 @@ async def gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
 
     async with stack:
         yield make
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A store location on each backend: a fresh SQLite file, or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'var' / 'okm.sqlite3'}"
+        return
+    async with fresh_schema() as url:
+        yield url

@@ -27,7 +27,7 @@ from aiohttp import web
 
 from proxy.app import build_app
 from proxy.config import load_config
-from proxy.store.sqlite import Store
+from proxy.store import Store
 from proxy.types import Secret
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,8 +13,8 @@ from proxy.admin.api import setup_admin_routes
 from proxy.config import Config, load_config
 from proxy.errors import ProxyError
 from proxy.runtime import Runtime
+from proxy.store import Store
 from proxy.store.rows import UsageRow
-from proxy.store.sqlite import Store
 from proxy.types import AttemptResult
 from proxy.workspaces.auth import Authenticator
 from proxy.workspaces.crypto import MasterKey, decrypt_provider_key, generate_master_key

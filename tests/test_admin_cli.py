@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from proxy.store import Store
 from proxy.store.rows import UsageRow
-from proxy.store.sqlite import Store
 from proxy.types import Secret
 from proxy.workspaces.auth import Authenticator
 from proxy.workspaces.crypto import MasterKey, decrypt_provider_key, generate_master_key

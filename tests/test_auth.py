@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 
 from proxy.errors import ProxyError
-from proxy.store.sqlite import Store
+from proxy.store import Store
 from proxy.types import Secret
 from proxy.workspaces import keys
 from proxy.workspaces.auth import Authenticator, AuthFailure, failure_reason
@@ -27,8 +27,8 @@ class FrozenClock:
 
 
 @pytest.fixture
-async def store(tmp_path):
-    s = await Store.open(tmp_path / "okm.sqlite3")
+async def store(store_url):
+    s = await Store.open(store_url)
     yield s
     await s.close()
 
@@ -123,9 +123,9 @@ async def test_revoked_key_is_401_and_disabled_workspace_is_403(client, store, i
     assert (status, body["error"]["code"], reason) == (401, "invalid_api_key", "revoked")
 
 
-async def test_changes_from_another_process_apply_within_the_bound(client, store, issued, tmp_path):
+async def test_changes_from_another_process_apply_within_the_bound(client, store, issued):
     api_key, key = issued
-    other_process = await Store.open(tmp_path / "okm.sqlite3")  # stands in for the CLI
+    other_process = await Store.open(store.url)  # stands in for the CLI (or another host)
     try:
         assert (await _call(client, {"Authorization": f"Bearer {key}"}))[0] == 200
         for change, expected in ((other_process.disable_workspace, 403), (other_process.enable_workspace, 200)):
@@ -165,8 +165,8 @@ async def test_hot_path_does_no_sqlite_round_trip(aiohttp_client, tmp_path):
     assert auth.principal_limits(999) is None
 
 
-async def test_store_failures_keep_the_cache_and_a_first_load_failure_is_503(tmp_path):
-    store = await Store.open(tmp_path / "okm.sqlite3")
+async def test_store_failures_keep_the_cache_and_a_first_load_failure_is_503(store_url):
+    store = await Store.open(store_url)
     await store.create_workspace("acme")
     _, key = await store.create_api_key("acme", PEPPER)
     clock = FrozenClock()

@@ -11,7 +11,7 @@ from proxy.config import load_config
 from proxy.errors import ConfigError
 from proxy.runtime import Runtime
 from proxy.startup_checks import check_master_key
-from proxy.store.sqlite import Store
+from proxy.store import Store
 from proxy.types import Principal
 from proxy.workspaces.auth import Authenticator
 from proxy.workspaces.byok import ByokVault

@@ -20,8 +20,8 @@ import orjson
 import pytest
 
 from proxy import appkeys
+from proxy.store import Store
 from proxy.store.rows import StoreUnavailable
-from proxy.store.sqlite import Store
 from proxy.types import Secret
 from tests.conftest import MODEL, Gateway, resale_key
 from tests.fakes import payloads

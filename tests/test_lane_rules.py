@@ -334,7 +334,7 @@ async def test_request_deadline_bounds_failover_across_the_pool(gateway: Any) ->
 async def test_a_replaced_byok_key_is_used_within_the_refresh_bound(gateway: Any) -> None:
     """Ciphertexts are cached per auth-table version: a key replaced from another process (the
     CLI) is used within about a second, never the stale one after that."""
-    from proxy.store.sqlite import Store
+    from proxy.store import Store
     from proxy.workspaces.crypto import encrypt_provider_key
 
     gw: Gateway = await gateway(pool=1, resale=1, byok=("openai",), workspaces={"ws": {"openai": "sk-byok-old-0001"}})

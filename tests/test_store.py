@@ -1,4 +1,5 @@
-"""The SQLite store on real files: migrations, workspaces, keys, BYOK ciphertexts, secrecy at rest."""
+"""The store on both backends (a SQLite file, a PostgreSQL schema): migrations, workspaces, keys,
+BYOK ciphertexts, secrecy at rest. Tests that name `store` or `store_url` run on each backend."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import stat
 
 import pytest
 
+from proxy.store import Store
 from proxy.store.migrations import load_migrations, parse_migrations, split_statements
 from proxy.store.rows import (
     InvalidValue,
@@ -17,10 +19,10 @@ from proxy.store.rows import (
     WorkspaceExists,
     WorkspaceNotFound,
 )
-from proxy.store.sqlite import Store
 from proxy.types import Secret
 from proxy.workspaces import keys
 from proxy.workspaces.crypto import MasterKey, decrypt_provider_key, encrypt_provider_key, generate_master_key
+from tests.pg import fresh_schema
 
 PEPPER = Secret("test-pepper", "OKM_KEY_PEPPER")
 MIGRATIONS = load_migrations()
@@ -28,10 +30,24 @@ LATEST = len(MIGRATIONS)
 
 
 @pytest.fixture
-async def store(tmp_path):
-    s = await Store.open(tmp_path / "var" / "okm.sqlite3")
+async def store(store_url):
+    s = await Store.open(store_url)
     yield s
     await s.close()
+
+
+async def _version(s: Store) -> int:
+    if s.kind == "sqlite":
+        return (await s.fetchall("PRAGMA user_version"))[0][0]
+    return (await s.fetchall("SELECT max(version) FROM okm_schema"))[0][0] or 0
+
+
+async def _set_version(s: Store, version: int) -> None:
+    async with s.transaction() as db:
+        if s.kind == "sqlite":
+            await db.execute(f"PRAGMA user_version = {version:d}")
+        else:
+            await db.execute("UPDATE okm_schema SET version = ?", (version,))
 
 
 def _sql(path, query, params=()):
@@ -57,40 +73,47 @@ async def test_open_creates_folder_wal_and_latest_schema(tmp_path):
 
 
 @pytest.mark.parametrize("version", range(LATEST))
-async def test_migrates_from_every_earlier_version(tmp_path, version):
-    path = tmp_path / "okm.sqlite3"
-    old = await Store.open(path, migrations=MIGRATIONS[:version])
-    await old.close()
-    assert _sql(path, "PRAGMA user_version") == [(version,)]
-    if version >= 1:  # data written by the old schema survives the upgrade
-        _sql(path, "INSERT INTO workspaces (name, created_at) VALUES ('kept', 1.0)")
-    s = await Store.open(path)
+async def test_migrates_from_every_earlier_version(store_url, version):
+    kind = "sqlite" if store_url.startswith("sqlite") else "postgresql"
+    old = await Store.open(store_url, migrations=load_migrations(kind)[:version])
     try:
-        assert _sql(path, "PRAGMA user_version") == [(LATEST,)]
+        assert await _version(old) == version
+        if version >= 1:  # data written by the old schema survives the upgrade
+            async with old.transaction() as db:
+                await db.execute("INSERT INTO workspaces (name, created_at) VALUES ('kept', 1.0)")
+    finally:
+        await old.close()
+    s = await Store.open(store_url)
+    try:
+        assert await _version(s) == LATEST
         names = [w.name for w in await s.list_workspaces()]
         assert names == (["kept"] if version >= 1 else [])
         await s.create_workspace("after-upgrade")
+        if kind == "sqlite":
+            assert await s.fetchall("PRAGMA integrity_check") == [("ok",)]
     finally:
         await s.close()
-    assert _sql(path, "PRAGMA integrity_check") == [("ok",)]
 
 
-async def test_reopening_at_latest_is_a_no_op(tmp_path):
-    path = tmp_path / "okm.sqlite3"
+async def test_reopening_at_latest_is_a_no_op(store_url):
     for _ in range(2):
-        s = await Store.open(path)
+        s = await Store.open(store_url)
         await s.create_workspace(f"ws{len(await s.list_workspaces())}")
         await s.close()
-    assert _sql(path, "SELECT count(*) FROM workspaces") == [(2,)]
+    s = await Store.open(store_url)
+    try:
+        assert await s.fetchall("SELECT count(*) FROM workspaces") == [(2,)]
+        assert await _version(s) == LATEST
+    finally:
+        await s.close()
 
 
-async def test_a_newer_database_is_refused(tmp_path):
-    path = tmp_path / "okm.sqlite3"
-    s = await Store.open(path)
+async def test_a_newer_database_is_refused(store_url):
+    s = await Store.open(store_url)
+    await _set_version(s, LATEST + 3)
     await s.close()
-    _sql(path, f"PRAGMA user_version = {LATEST + 3}")
     with pytest.raises(SchemaError, match=f"version {LATEST + 3}, newer than this gateway knows"):
-        await Store.open(path)
+        await Store.open(store_url)
 
 
 def test_migration_file_parsing():
@@ -103,6 +126,11 @@ def test_migration_file_parsing():
     with pytest.raises(SchemaError, match="unterminated"):
         split_statements("CREATE TABLE a (x)")
     assert MIGRATIONS[0].version == 1 and all(m.statements for m in MIGRATIONS)
+
+
+def test_both_backends_have_the_same_numbered_migrations():
+    pg = load_migrations("postgresql")
+    assert [(m.version, m.title) for m in pg] == [(m.version, m.title) for m in MIGRATIONS]
 
 
 async def test_workspace_lifecycle(store):
@@ -223,9 +251,34 @@ async def test_no_key_or_byok_plaintext_in_the_database_files(tmp_path):
             await s.close()
 
 
-async def test_two_processes_writing_at_once_never_see_database_is_locked(tmp_path):
-    path = tmp_path / "okm.sqlite3"
-    one, two = await Store.open(path), await Store.open(path)
+async def test_no_key_or_byok_plaintext_in_postgresql():
+    async with fresh_schema() as url:
+        store = await Store.open(url)
+        try:
+            await _check_no_plaintext_in_postgresql(store)
+        finally:
+            await store.close()
+
+
+async def _check_no_plaintext_in_postgresql(store: Store) -> None:
+    ws = await store.create_workspace("acme")
+    _, key = await store.create_api_key("acme", PEPPER, "ci")
+    master = MasterKey.from_base64(generate_master_key(), "OKM_MASTER_KEY")
+    byok_plain = "sk-proj-PLAINTEXTprovider0123456789"
+    await store.put_byok_key(ws.id, "openai", encrypt_provider_key(master, ws.id, "openai", byok_plain), master.key_id)
+    tables = [r[0] for r in await store.fetchall(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")]
+    dump = ""
+    for table in tables:
+        dump += "".join(r[0] for r in await store.fetchall(f"SELECT t::text FROM {table} t"))
+    assert "acme" in dump and "api_keys" in tables
+    for needle in (key.reveal(), key.reveal()[len(keys.PREFIX) + keys.KEY_ID_LEN + 1 :], byok_plain, PEPPER.reveal()):
+        assert needle not in dump
+        assert needle.encode().hex() not in dump  # bytea prints as hex
+
+
+async def test_two_processes_writing_at_once_never_fail(store_url):
+    one, two = await Store.open(store_url), await Store.open(store_url)
     try:
         async def make(s, prefix):
             for i in range(40):
@@ -234,10 +287,10 @@ async def test_two_processes_writing_at_once_never_see_database_is_locked(tmp_pa
 
         await asyncio.gather(make(one, "a"), make(two, "b"), make(one, "c"), make(two, "d"))
         assert len(await one.list_workspaces()) == 160
+        assert len(await two.auth_entries()) == 160
     finally:
         await one.close()
         await two.close()
-    assert _sql(path, "PRAGMA integrity_check") == [("ok",)]
 
 
 async def test_unwritable_location_is_a_clear_error(tmp_path):
@@ -245,3 +298,18 @@ async def test_unwritable_location_is_a_clear_error(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(StoreError, match="cannot open the store"):
         await Store.open(blocker / "okm.sqlite3")
+
+
+async def test_a_postgresql_server_that_is_down_is_a_clear_error_without_the_password():
+    url = "postgresql://okm:hunter2-secret@127.0.0.1:1/okm"
+    with pytest.raises(StoreError) as caught:
+        await Store.open(url)
+    message = str(caught.value)
+    assert "cannot connect to the store at postgresql://okm:***@127.0.0.1:1/okm" in message
+    assert "hunter2" not in message and "hunter2" not in repr(caught.value.__cause__)
+
+
+async def test_a_bad_store_url_is_refused():
+    for bad in ("mysql://x@h/db", "sqlite://relative", "postgresql://x@/db", "postgresql://x@h:99999/db"):
+        with pytest.raises(InvalidValue, match="store URL"):
+            await Store.open(bad)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from proxy.store import Store
 from proxy.store.rows import USAGE_IN_FLIGHT, WorkspaceNotFound
-from proxy.store.sqlite import Store
 from proxy.store.usage_writer import UsageRecorder
 from proxy.types import Endpoint, Lane, Outcome, Principal, RequestRecord, Route, Secret, Usage
 
@@ -29,14 +29,28 @@ def _sql(path, query):
         return db.execute(query).fetchall()
 
 
-@pytest.fixture
-async def env(tmp_path):
-    store = await Store.open(tmp_path / "okm.sqlite3")
+async def _env(target):
+    store = await Store.open(target)
     ws = await store.create_workspace("acme")
     api_key, _ = await store.create_api_key("acme", PEPPER)
     recorder = UsageRecorder(store)
     await recorder.start()
     principal = Principal(ws.id, ws.name, api_key.id, False)
+    return store, recorder, principal
+
+
+@pytest.fixture
+async def env(store_url):
+    """Store, recorder and principal, on each backend."""
+    store, recorder, principal = await _env(store_url)
+    yield store, recorder, principal
+    await recorder.stop()
+    await store.close()
+
+
+@pytest.fixture
+async def sqlite_env(tmp_path):
+    store, recorder, principal = await _env(tmp_path / "okm.sqlite3")
     yield store, recorder, principal
     await recorder.stop()
     await store.close()
@@ -60,7 +74,7 @@ async def test_admission_is_durable_when_its_future_resolves(env):
     store, recorder, principal = env
     record = _record(principal)
     assert await recorder.admit(record) is True
-    rows = _sql(store.path, "SELECT request_id, outcome, status FROM usage")  # a separate connection
+    rows = await store.fetchall("SELECT request_id, outcome, status FROM usage")  # the read connection
     assert rows == [("req-1", USAGE_IN_FLIGHT, 0)]
     recorder.finish(_finished(record))
     await recorder.stop()
@@ -82,7 +96,7 @@ async def test_finish_is_idempotent_and_wins_over_a_late_admission(env):
     await recorder.stop()
     row = await store.get_usage("req-1")
     assert (row.outcome, row.total_tokens) == ("ok", 10)
-    assert _sql(store.path, "SELECT count(*) FROM usage") == [(1,)]
+    assert await store.fetchall("SELECT count(*) FROM usage") == [(1,)]
 
 
 async def test_stop_flushes_everything_queued(env):
@@ -90,15 +104,15 @@ async def test_stop_flushes_everything_queued(env):
     for i in range(450):
         recorder.finish(_finished(_record(principal, f"req-{i}")))
     await recorder.stop()
-    assert _sql(store.path, "SELECT count(*), sum(total_tokens) FROM usage") == [(450, 450 * 15)]
+    assert await store.fetchall("SELECT count(*), sum(total_tokens) FROM usage") == [(450, 450 * 15)]
     assert recorder.write_failures == 0
     assert recorder.admit(_record(principal, "late")).result() is False  # after stop: refused, counted
     assert recorder.write_failures == 1
 
 
-async def test_500_concurrent_requests_with_another_writer_and_no_database_locked(env, tmp_path, caplog):
+async def test_500_concurrent_requests_with_another_writer_and_no_database_locked(env, caplog):
     store, recorder, principal = env
-    cli = await Store.open(store.path)  # another process writing at the same time
+    cli = await Store.open(store.url)  # another process writing at the same time
 
     async def request(i):
         record = _record(principal, f"req-{i}", lane=(Lane.CHEAP, Lane.RESALE)[i % 2])
@@ -117,14 +131,15 @@ async def test_500_concurrent_requests_with_another_writer_and_no_database_locke
     await cli.close()
     assert recorder.write_failures == 0
     assert "locked" not in caplog.text
-    assert _sql(store.path, "SELECT count(*), sum(prompt_tokens), sum(outcome = 'ok') FROM usage") == [
-        (500, sum(range(500)), 500)
-    ]
-    assert _sql(store.path, "PRAGMA integrity_check") == [("ok",)]
+    totals = await store.fetchall(
+        "SELECT count(*), sum(prompt_tokens), sum(CASE WHEN outcome = 'ok' THEN 1 ELSE 0 END) FROM usage")
+    assert [tuple(int(v) for v in row) for row in totals] == [(500, sum(range(500)), 500)]
+    if store.kind == "sqlite":
+        assert _sql(store.path, "PRAGMA integrity_check") == [("ok",)]
 
 
-async def test_write_failures_are_counted_and_never_raise(env, caplog):
-    store, recorder, principal = env
+async def test_write_failures_are_counted_and_never_raise(sqlite_env, caplog):
+    store, recorder, principal = sqlite_env
     pages = _sql(store.path, "PRAGMA page_count")[0][0]
     async with store.transaction() as db:  # the writer connection may not grow: "disk full"
         await db.execute(f"PRAGMA max_page_count = {pages}")
@@ -141,16 +156,15 @@ async def test_write_failures_are_counted_and_never_raise(env, caplog):
     assert await recorder.admit(_record(principal, "after")) is True  # the writer survived
 
 
-async def test_in_flight_rows_become_interrupted_after_a_kill(tmp_path):
-    path = tmp_path / "okm.sqlite3"
+async def test_in_flight_rows_become_interrupted_after_a_kill(store_url):
     script = textwrap.dedent(f"""
         import asyncio, time
-        from proxy.store.sqlite import Store
+        from proxy.store import Store
         from proxy.store.usage_writer import UsageRecorder
         from proxy.types import Endpoint, Lane, Principal, RequestRecord, Route
 
         async def main():
-            store = await Store.open({str(path)!r})
+            store = await Store.open({store_url!r})
             ws = await store.create_workspace("acme")
             recorder = UsageRecorder(store)
             await recorder.start()
@@ -169,7 +183,7 @@ async def test_in_flight_rows_become_interrupted_after_a_kill(tmp_path):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
-    store = await Store.open(path)
+    store = await Store.open(store_url)
     recorder = UsageRecorder(store)
     try:
         await recorder.start()
@@ -177,9 +191,10 @@ async def test_in_flight_rows_become_interrupted_after_a_kill(tmp_path):
         row = await store.get_usage("req-killed")
         assert (row.outcome, row.lane, row.public_model) == ("interrupted", "resale", "resale/gpt-5.4")
     finally:
+        if store.kind == "sqlite":
+            assert await store.fetchall("PRAGMA integrity_check") == [("ok",)]
         await recorder.stop()
         await store.close()
-    assert _sql(path, "PRAGMA integrity_check") == [("ok",)]
 
 
 async def test_summary_per_workspace_lane_and_model(env):

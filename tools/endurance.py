@@ -161,7 +161,7 @@ def fetch_reference(upstream_port: int, profile: str) -> bytes:
 
 
 def prepare(run: Path, upstream_port: int, args: argparse.Namespace) -> tuple[Path, dict[str, str], str, int]:
-    from proxy.store.sqlite import Store  # reason: only the set-up step needs the package
+    from proxy.store import Store  # reason: only the set-up step needs the package
     from proxy.types import Secret
 
     env = {"OKM_KEY_PEPPER": secrets.token_urlsafe(32), "UPSTREAM_KEY": "sk-endurance-" + secrets.token_hex(8)}

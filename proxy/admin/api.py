@@ -23,6 +23,7 @@ from proxy.errors import (
     ProxyError,
     ServiceUnavailableError,
 )
+from proxy.store import Store
 from proxy.store.rows import (
     KEEP,
     InvalidValue,
@@ -31,7 +32,6 @@ from proxy.store.rows import (
     WorkspaceExists,
     WorkspaceNotFound,
 )
-from proxy.store.sqlite import Store
 from proxy.workspaces.crypto import MasterKeyError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

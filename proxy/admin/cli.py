@@ -18,8 +18,8 @@ import orjson
 
 from proxy.admin import ops as admin_ops
 from proxy.config import Config
+from proxy.store import Store
 from proxy.store.rows import KEEP, StoreError, Workspace
-from proxy.store.sqlite import Store
 from proxy.workspaces.crypto import MasterKey, MasterKeyError
 
 Command = Callable[[argparse.Namespace, Config], Awaitable[int]]
@@ -27,7 +27,7 @@ Command = Callable[[argparse.Namespace, Config], Awaitable[int]]
 
 @asynccontextmanager
 async def _store(config: Config) -> AsyncIterator[Store]:
-    store = await Store.open(config.store_path)
+    store = await Store.open(config.store_url)
     try:
         yield store
     finally:

@@ -9,8 +9,8 @@ import datetime as dt
 from typing import Any
 
 from proxy.config import Config
+from proxy.store import Store
 from proxy.store.rows import ApiKey, ByokKey, InvalidValue, UsageTotal, Workspace
-from proxy.store.sqlite import Store
 from proxy.workspaces.crypto import MasterKey, MasterKeyError, decrypt_provider_key, encrypt_provider_key
 
 MAX_PROVIDER_KEY_CHARS = 4096

@@ -1,22 +1,20 @@
 """SQL for usage rows: batched upserts, crash recovery and the summary query.
 
 Called only by store.Store, inside its transactions or on its read connection; no other
-module writes SQL for usage.
+module writes SQL for usage. Portable: the same text runs on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import aiosqlite
-
+from proxy.store.db import Params, Tx
 from proxy.store.rows import USAGE_IN_FLIGHT, UsageRow, UsageTotal
 from proxy.types import Outcome
 
 if TYPE_CHECKING:  # only for annotations: store imports this module
-    from proxy.store.sqlite import Store
+    from proxy.store.store import Store
 
 _COLUMNS = (
     "request_id, started_at, workspace_id, key_id, lane, public_model, upstream, endpoint, stream, status, "
@@ -40,12 +38,12 @@ def _params(row: UsageRow) -> tuple[Any, ...]:
 _TOUCH = "UPDATE api_keys SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)"
 
 
-async def touch_keys(db: aiosqlite.Connection, last_used: Mapping[str, float]) -> None:
+async def touch_keys(db: Tx, last_used: Mapping[str, float]) -> None:
     await db.executemany(_TOUCH, [(ts, key_id, ts) for key_id, ts in last_used.items()])
 
 
-def write_rows_sync(db: sqlite3.Connection, admitted: Sequence[UsageRow], finished: Sequence[UsageRow]) -> None:
-    """One batch in one transaction, run on the writer's own thread (a single hop per batch).
+def batch(admitted: Sequence[UsageRow], finished: Sequence[UsageRow]) -> list[tuple[str, Sequence[Params]]]:
+    """One usage batch as statements for Database.execute_batch (one transaction).
 
     Admissions first, then finals: a final row always wins, whatever order they were queued in.
     """
@@ -53,25 +51,15 @@ def write_rows_sync(db: sqlite3.Connection, admitted: Sequence[UsageRow], finish
     for row in (*admitted, *finished):
         if row.key_id is not None and row.started_at > last_used.get(row.key_id, 0.0):
             last_used[row.key_id] = row.started_at
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        if admitted:
-            db.executemany(_ADMIT, [_params(r) for r in admitted])
-        if finished:
-            db.executemany(_FINISH, [_params(r) for r in finished])
-        if last_used:
-            db.executemany(_TOUCH, [(ts, key_id, ts) for key_id, ts in last_used.items()])
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
+    return [
+        (_ADMIT, [_params(r) for r in admitted]),
+        (_FINISH, [_params(r) for r in finished]),
+        (_TOUCH, [(ts, key_id, ts) for key_id, ts in last_used.items()]),
+    ]
 
 
-async def mark_interrupted(db: aiosqlite.Connection) -> int:
-    sql = "UPDATE usage SET outcome = ? WHERE outcome = ?"
-    async with db.execute(sql, (Outcome.INTERRUPTED.value, USAGE_IN_FLIGHT)) as cursor:
-        return cursor.rowcount
+async def mark_interrupted(db: Tx) -> int:
+    return await db.execute("UPDATE usage SET outcome = ? WHERE outcome = ?", (Outcome.INTERRUPTED.value, USAGE_IN_FLIGHT))
 
 
 async def get_row(store: Store, request_id: str) -> UsageRow | None:
@@ -85,13 +73,18 @@ async def get_row(store: Store, request_id: str) -> UsageRow | None:
 
 
 async def summary(store: Store, since: float | None, workspace: str | None) -> list[UsageTotal]:
+    where, params = "u.started_at >= ?", [Outcome.OK.value, USAGE_IN_FLIGHT, since if since is not None else 0.0]
+    if workspace is not None:
+        where += " AND w.name = ?"
+        params.append(workspace)
     sql = (
         "SELECT w.name, u.lane, u.public_model, count(*), "
-        "sum(u.outcome NOT IN (?, ?)), "
+        "sum(CASE WHEN u.outcome NOT IN (?, ?) THEN 1 ELSE 0 END), "
         "sum(u.prompt_tokens), sum(u.completion_tokens), sum(u.total_tokens), sum(u.tokens_estimated) "
-        "FROM usage u LEFT JOIN workspaces w ON w.id = u.workspace_id "
-        "WHERE u.started_at >= ? AND (? IS NULL OR w.name = ?) "
-        "GROUP BY w.name, u.lane, u.public_model ORDER BY w.name, u.lane, u.public_model"
+        f"FROM usage u LEFT JOIN workspaces w ON w.id = u.workspace_id WHERE {where} "
+        "GROUP BY w.name, u.lane, u.public_model"
     )
-    params = (Outcome.OK.value, USAGE_IN_FLIGHT, since if since is not None else 0.0, workspace, workspace)
-    return [UsageTotal(*row) for row in await store.fetchall(sql, params)]
+    # int(): PostgreSQL's sum() of BIGINT is NUMERIC (a Decimal in Python)
+    totals = [UsageTotal(*row[:3], *(int(v) for v in row[3:])) for row in await store.fetchall(sql, params)]
+    # Sorted here, not in SQL: the backends order NULLs (and collate text) differently.
+    return sorted(totals, key=lambda t: tuple((v is not None, v or "") for v in (t.workspace, t.lane, t.model)))

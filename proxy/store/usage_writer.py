@@ -11,8 +11,8 @@ import logging
 from collections import deque
 from dataclasses import dataclass
 
+from proxy.store import Store
 from proxy.store.rows import USAGE_IN_FLIGHT, UsageRow
-from proxy.store.sqlite import Store
 from proxy.types import RequestRecord
 
 log = logging.getLogger("okm.usage")

@@ -16,8 +16,8 @@ from enum import StrEnum
 from aiohttp import hdrs, web
 
 from proxy.errors import AuthenticationError, ServiceUnavailableError, WorkspaceDisabledError
+from proxy.store import Store
 from proxy.store.rows import AuthEntry, StoreError, Workspace
-from proxy.store.sqlite import Store
 from proxy.types import Principal, Secret
 from proxy.workspaces import keys
 

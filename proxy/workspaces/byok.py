@@ -7,7 +7,7 @@ bumps); the decrypted key is returned to the caller alone: never cached, logged 
 from __future__ import annotations
 
 from proxy import errors
-from proxy.store.sqlite import Store
+from proxy.store import Store
 from proxy.types import Principal, Secret
 from proxy.workspaces.auth import Authenticator
 from proxy.workspaces.crypto import MasterKey, MasterKeyError, decrypt_provider_key

@@ -1,0 +1,54 @@
+"""The database facade the store's SQL runs on: one interface, a SQLite and a PostgreSQL backend.
+
+SQL is written once with `?` placeholders; a backend adapts it (PostgreSQL rewrites to `$n`).
+Rows come back as plain tuples. Nothing above `proxy.store` sees this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+Row = tuple[Any, ...]
+Params = Sequence[Any]
+
+
+class Tx(Protocol):
+    """An open transaction: every call runs inside it; it commits when its block ends cleanly.
+
+    `for_update` is appended to a SELECT that reads a row the transaction then changes:
+    " FOR UPDATE" on PostgreSQL (row lock), "" on SQLite (BEGIN IMMEDIATE already serializes).
+    """
+
+    for_update: str
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        """Run one statement; returns the number of rows it changed."""
+        ...
+
+    async def executemany(self, sql: str, params: Iterable[Params]) -> None: ...
+
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None: ...
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]: ...
+
+
+class Database(Protocol):
+    kind: str  # "sqlite" or "postgresql"
+    display: str  # the URL, safe to log
+
+    def transaction(self) -> AbstractAsyncContextManager[Tx]:
+        """One transaction. SQLite: BEGIN IMMEDIATE on the single writer. PostgreSQL: READ
+        COMMITTED on a pooled connection; lock rows with SELECT … FOR UPDATE where it matters."""
+        ...
+
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None: ...
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]: ...
+
+    async def execute_batch(self, batch: Sequence[tuple[str, Sequence[Params]]]) -> None:
+        """Each (statement, rows) as one executemany, all in one transaction (the usage writer)."""
+        ...
+
+    async def close(self) -> None: ...
