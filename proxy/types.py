@@ -134,3 +134,4 @@ class RequestRecord:
     ttfb_s: float | None = None
     duration_s: float | None = None
     attempts: int = 0
+    delivered: bool = False  # the stream's terminal event reached the client: a later disconnect is no cancellation

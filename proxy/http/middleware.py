@@ -60,7 +60,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         _count_auth_failure(request, exc)
         return error_response(exc, request_id)
     except asyncio.CancelledError:
-        if record.outcome is Outcome.OK:
+        if record.outcome is Outcome.OK and not record.delivered:
             record.outcome = Outcome.CLIENT_CANCELLED
             phase = "waiting" if record.status == 0 else "streaming"
             request.app[appkeys.METRICS].client_disconnects.labels(phase).inc()

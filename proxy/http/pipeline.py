@@ -15,7 +15,7 @@ from aiohttp import web
 from proxy import appkeys, errors
 from proxy.http.body import parse_body, read_body
 from proxy.http.limits import admit_stream, admit_workspace
-from proxy.lanes import scrub
+from proxy.lanes import replay, scrub
 from proxy.lanes.routing import resolve_route
 from proxy.lanes.targets import CheapLane
 from proxy.relay.attempt import Answer, AttemptFailed, AttemptSpec, attempt
@@ -50,11 +50,12 @@ async def proxy_request(request: web.Request, endpoint: Endpoint) -> web.StreamR
     key = None
     if route.lane is Lane.BYOK:
         key = await app[appkeys.BYOK].key_for(runtime.master_keys, principal, route.provider or "")
+    data = scrub.scrub_request_body(body.data, strict=lane.scrub, sets_store=endpoint in (Endpoint.CHAT, Endpoint.RESPONSES))
+    if lane.scrub and endpoint is Endpoint.RESPONSES:
+        data = replay.stateless_responses_body(data, route.model)
     spec = AttemptSpec(
         endpoint=endpoint,
-        data=scrub.scrub_request_body(
-            body.data, strict=lane.scrub, sets_store=endpoint in (Endpoint.CHAT, Endpoint.RESPONSES)
-        ),
+        data=data,
         headers=scrub.upstream_request_headers(request.headers, strict=lane.scrub),
         client_stream=body.stream,
         first_byte_timeout_s=limits.first_byte_timeout_s,

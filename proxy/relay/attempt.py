@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from proxy import errors
-from proxy.lanes import scrub
+from proxy.lanes import replay, scrub
 from proxy.relay.events import StreamRelay
 from proxy.relay.sse import EventTooLarge
 from proxy.relay.upstream import Reply, StreamBroken, UpstreamClient, UpstreamFailure
@@ -181,6 +181,9 @@ async def _failure(reply: Reply, target: UpstreamTarget, spec: AttemptSpec) -> A
     if body is None or not isinstance(body.get("error"), dict):
         what = "a stream request with JSON" if status < 400 else f"HTTP {status} with a body that is not an OpenAI error"
         return AttemptFailed(result, errors.UpstreamError(f"the upstream answered {what}"), retry_after)
+    if status == 404 and target.scrub and spec.endpoint is Endpoint.RESPONSES and replay.is_item_not_found(
+            str(body["error"].get("message"))):
+        return AttemptFailed(result, replay.item_not_found_error())  # never the pool's 404 about an item
     return AttemptFailed(result, _status_error(status if status >= 400 else 502, body, spec, retry_after), retry_after)
 
 

@@ -207,8 +207,7 @@ async def pump(chunks: AsyncIterator[bytes], relay: StreamRelay, client: ClientW
     """Forward every complete event as soon as it is complete; raises on upstream failure.
 
     Stops at the terminal event ([DONE], a final Responses event): an upstream that keeps the
-    connection open after it must not hold the client's stream open (or time it out). The end
-    of the body gets a moment to arrive, so the upstream connection can be reused.
+    connection open after it must not hold the client's stream open (or time it out).
     """
     while not relay.terminal:
         chunk = await anext(chunks, None)
@@ -217,9 +216,50 @@ async def pump(chunks: AsyncIterator[bytes], relay: StreamRelay, client: ClientW
         data = relay.feed(chunk)
         if data:
             await client.write(data)
-    with contextlib.suppress(TimeoutError, StreamBroken, sse.EventTooLarge):
-        async with asyncio.timeout(TAIL_GRACE_S):
-            async for chunk in chunks:  # e.g. the LF of a CRLF whose CR ended the last event
-                data = relay.feed(chunk)
-                if data:
+
+
+async def finish_tail(chunks: AsyncIterator[bytes], relay: StreamRelay, client: ClientWriter) -> None:
+    """After the terminal event: give the end of the upstream body TAIL_GRACE_S to arrive, so the
+    connection can be reused (releasing a reply whose body has not ended closes it). Anything that trails (e.g. the LF of a CRLF whose CR
+    ended the last event) still goes to the client while it is there.
+
+    The client may leave meanwhile (Codex closes at `response.completed`): that neither cuts the
+    wait short nor fails the stream. Its cancellation is held until the wait is over, then
+    re-raised. The read runs in its own task so that a cancellation does not end the iterator.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    end = loop.time() + TAIL_GRACE_S
+    cancelled, writing = False, True
+    reader: asyncio.Future[bytes | None] = asyncio.ensure_future(anext(chunks, None))
+    try:
+        while True:
+            try:
+                done, _ = await asyncio.wait((reader,), timeout=max(0.0, end - loop.time()))
+            except asyncio.CancelledError:
+                cancelled, writing = True, False
+                if task is not None:
+                    task.uncancel()
+                continue
+            if not done:
+                return
+            try:
+                chunk = reader.result()
+            except (StreamBroken, sse.EventTooLarge):
+                return
+            if chunk is None:
+                return
+            data = relay.feed(chunk)
+            if data and writing:
+                try:
                     await client.write(data)
+                except (ConnectionError, ClientStalled):
+                    writing = False
+            reader = asyncio.ensure_future(anext(chunks, None))
+    finally:
+        if not reader.done():
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StreamBroken, sse.EventTooLarge):
+                await reader
+        if cancelled:
+            raise asyncio.CancelledError

@@ -13,7 +13,7 @@ from aiohttp import web
 from proxy import appkeys
 from proxy.relay.attempt import Answer
 from proxy.relay.drain import DRAIN, DrainDeadline
-from proxy.relay.events import ClientStalled, ClientWriter, StreamRelay, inband_error, pump
+from proxy.relay.events import ClientStalled, ClientWriter, StreamRelay, finish_tail, inband_error, pump
 from proxy.relay.sse import EventTooLarge
 from proxy.relay.upstream import StreamBroken
 from proxy.telemetry.metrics import Metrics
@@ -58,6 +58,9 @@ async def stream_answer(request: web.Request, answer: Answer, headers: Mapping[s
                 raise StreamBroken("the upstream closed the stream before it was complete")
             clean = True
             record.outcome = Outcome.UPSTREAM_ERROR if relay.error is not None else Outcome.OK
+            record.delivered = relay.terminal  # whatever the client does from now on
+            if relay.terminal:
+                await finish_tail(chunks, relay, client)
         except (StreamBroken, EventTooLarge) as exc:
             await _upstream_broke(response, relay, record, exc, metrics)
         except DrainDeadline:
@@ -70,18 +73,21 @@ async def stream_answer(request: web.Request, answer: Answer, headers: Mapping[s
         await response.write_eof()
         return response
     except CLIENT_GONE:
-        record.outcome = Outcome.CLIENT_CANCELLED
-        metrics.client_disconnects.labels("streaming").inc()
+        if not record.delivered:
+            record.outcome = Outcome.CLIENT_CANCELLED
+            metrics.client_disconnects.labels("streaming").inc()
         return web.Response(status=499)  # never sent: the client is gone; keeps the handler contract
     except ClientStalled:
-        record.outcome = Outcome.CLIENT_CANCELLED
-        metrics.client_disconnects.labels("stalled").inc()
+        if not record.delivered:
+            record.outcome = Outcome.CLIENT_CANCELLED
+            metrics.client_disconnects.labels("stalled").inc()
         if request.transport is not None:
             request.transport.abort()  # it reads nothing: an in-band error could not reach it either
         return web.Response(status=499)
     except asyncio.CancelledError:
-        record.outcome = Outcome.CLIENT_CANCELLED
-        metrics.client_disconnects.labels("streaming").inc()
+        if not record.delivered:
+            record.outcome = Outcome.CLIENT_CANCELLED
+            metrics.client_disconnects.labels("streaming").inc()
         raise
     finally:
         active.dec()
@@ -115,5 +121,9 @@ async def synthesized_stream(request: web.Request, events: list[bytes], headers:
     """A Responses stream built from a final object (for upstreams that cannot stream it)."""
     response = await start_stream(request, headers, record)
     await response.write(b"".join(events))
-    await response.write_eof()
+    record.delivered = True  # the terminal event is out: a client leaving now ends nothing early
+    try:
+        await response.write_eof()
+    except CLIENT_GONE:
+        pass
     return response

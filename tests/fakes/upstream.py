@@ -106,6 +106,7 @@ class Received:
     raw: bytes
     body: Any  # parsed JSON, or None when the body was not JSON
     at: float  # time.monotonic() when it arrived
+    connection: int = 0  # which TCP connection carried it (same number: a reused connection)
 
     @property
     def bearer(self) -> str | None:
@@ -184,7 +185,8 @@ class FakeUpstream:
             body = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:
             body = None
-        self.requests.append(Received(request.method, request.path, request.headers, raw, body, time.monotonic()))
+        self.requests.append(Received(request.method, request.path, request.headers, raw, body, time.monotonic(),
+                                      id(request.transport)))
         behaviour = self._queue.popleft() if self._queue else self.default
         try:
             return await self._serve(request, behaviour, body if isinstance(body, dict) else {})
