@@ -17,6 +17,7 @@ from proxy.http.handlers import add_routes
 from proxy.http.limits import LIMITER, Limiter
 from proxy.http.middleware import request_context
 from proxy.relay.drain import DRAIN, Drain
+from proxy.relay.outgoing import mask_outgoing
 from proxy.relay.upstream import UpstreamClient
 from proxy.runtime import Runtime
 from proxy.startup_checks import check_master_key
@@ -47,6 +48,7 @@ def build_app(config: Config, metrics: Metrics | None = None) -> web.Application
     app[LIMITER], app[DRAIN] = Limiter(), Drain()
     app[appkeys.METRICS].on_scrape(LiveMetrics(app))
     app.on_response_prepare.append(close_when_draining)
+    app.on_response_prepare.append(mask_outgoing)
     app[appkeys.UPSTREAM] = UpstreamClient(config.limits)
     app[appkeys.ACCESS_LOG] = AccessLog()
     app.cleanup_ctx.append(_access_log_ctx)

@@ -15,6 +15,7 @@ from aiohttp import web
 from proxy import appkeys
 from proxy.config import Config, load_config
 from proxy.errors import ConfigError
+from proxy.lanes.secret_guard import operator_secrets
 from proxy.runtime import Runtime
 from proxy.startup_checks import check_master_key
 from proxy.telemetry.accesslog import set_known_secrets
@@ -43,10 +44,7 @@ class Reload:
 
 def known_secrets(config: Config) -> tuple[str, ...]:
     """Every secret value a config resolved, so log redaction can mask it verbatim."""
-    secrets = [config.key_pepper, config.admin_token, config.byok_master_key, config.byok_next_master_key]
-    secrets.append(config.store_url.password)
-    secrets += [a.api_key for a in config.cheap_pool] + [p.api_key for p in config.providers.values()]
-    return tuple(s.reveal() for s in secrets if s is not None)
+    return operator_secrets(config)
 
 
 def restart_only_changes(old: Config, new: Config) -> tuple[str, ...]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from proxy.config import Config
 from proxy.lanes.routing import RoutingTable
+from proxy.lanes.secret_guard import SecretGuard, operator_secrets
 from proxy.lanes.targets import LaneSet
 from proxy.types import Lane, Secret
 from proxy.workspaces.crypto import MasterKey
@@ -23,6 +24,7 @@ class Runtime:
     master_key: MasterKey | None
     next_master_key: MasterKey | None  # set during a master-key rotation (docs/cli.md)
     operator_identifiers: tuple[str, ...]  # account/provider names and keys, masked in error text
+    guard: SecretGuard  # masks every operator secret in whatever goes to a client
 
     @classmethod
     def build(cls, config: Config) -> Runtime:
@@ -36,7 +38,8 @@ class Runtime:
         for provider in config.providers.values():
             if provider.api_key is not None:
                 identifiers.append(provider.api_key.reveal())
-        return cls(config, RoutingTable.from_config(config), LaneSet(config), master, next_master, tuple(identifiers))
+        return cls(config, RoutingTable.from_config(config), LaneSet(config), master, next_master, tuple(identifiers),
+                   SecretGuard(operator_secrets(config)))
 
     @property
     def master_keys(self) -> tuple[MasterKey, ...]:

@@ -305,3 +305,59 @@ async def test_slow_bodies_from_one_workspace_leave_room_for_others(gateway: Any
     finally:
         for _, writer in conns:
             writer.close()
+
+
+# --- canary sweep: a hostile upstream echoes every operator secret in every way ------------------
+
+SWEEP_LANES = {"cheap": f"cheap/{MODEL}", "resale": f"resale/{MODEL}", "byok": f"byok/openai/{MODEL}"}
+
+
+def operator_canaries(gw: Gateway) -> list[str]:
+    """Every secret the operator's config holds, listed independently of the gateway's own list."""
+    master = gw.config.byok_master_key
+    assert master is not None
+    return [pool_key(0), resale_key(0), "sk-cheapai-operatorsecret", "admin-test-token", PEPPER, master.reveal()]
+
+
+def hostile_echoes(secrets: list[str]) -> dict[str, tuple[str, Any]]:
+    """name → (endpoint path, what the upstream answers), each carrying every secret."""
+    quoted = " ".join(f"Authorization: Bearer {s}" for s in secrets)
+    chunk = payloads.chat_chunk(MODEL, {"content": quoted})
+    completion = payloads.chat_completion(MODEL)
+    return {
+        "200-with-error-object": ("chat", Reply(200, {"error": {"message": quoted, "type": "x", "param": None,
+                                                               "code": None}})),
+        "200-extra-field": ("chat", Reply(200, {**completion, "debug": {"echo": quoted, "keys": secrets}})),
+        "400-error": ("chat", Reply(400, {"error": {"message": quoted, "type": "invalid_request_error"},
+                                          "extra": secrets})),
+        "header": ("chat", Reply(200, completion, headers={"X-Echo": quoted, "X-Debug-Auth": secrets[0]})),
+        "non-json-data-line": ("stream", Stream((payloads.sse(chunk), f"data: {quoted}\n\n".encode(),
+                                                 payloads.done()))),
+        "content-event": ("stream", Stream((payloads.sse(chunk), payloads.done()))),
+        "comment-line": ("stream", Stream((f": {quoted}\n\n".encode(), payloads.sse(chunk), payloads.done()))),
+        "inband-error-event": ("stream", Stream((payloads.sse(chunk), payloads.sse({"error": {"message": quoted}})))),
+        "stream-header": ("stream", Stream((payloads.sse(chunk), payloads.done()), headers={"X-Echo": quoted})),
+    }
+
+
+async def test_canary_sweep_no_operator_secret_reaches_any_answer(gateway: Any) -> None:
+    gw: Gateway = await gateway(pool=1, resale=1, byok=("openai",))
+    secrets = operator_canaries(gw)
+    fakes = {"cheap": gw.pool[0], "resale": gw.resale[0], "byok": gw.byok["openai"]}
+    leaks: list[str] = []
+    sent = 0
+    for lane, model in SWEEP_LANES.items():
+        for name, (kind, behaviour) in hostile_echoes(secrets).items():
+            fakes[lane].script(behaviour)
+            answer = await gw.post("/v1/chat/completions", {"model": model, "messages": [{"role": "user",
+                                   "content": "hi"}], "stream": kind == "stream"}, headers=CLOSE)
+            sent += 1
+            seen = answer.body + "\n".join(f"{k}: {v}" for k, v in answer.headers.items()).encode()
+            leaks += [f"{lane}/{name}: {s[:12]}…" for s in secrets if s.encode() in seen]
+    # the Responses stream built from a non-stream answer (resale, responses_stream: false)
+    gw.nostream.script(Reply(200, payloads.response_object(MODEL, text=" ".join(secrets))))
+    answer = await gw.post("/v1/responses", {"model": "resale/gpt-nostream", "input": "hi", "stream": True})
+    leaks += [f"synthesized: {s[:12]}…" for s in secrets if s.encode() in answer.body]
+    assert not leaks, leaks
+    text = await scrape(gw.url, gw.session)
+    assert sum(metric(text, "okm_secrets_masked_total", where=w) for w in ("body", "event", "header")) >= sent

@@ -14,6 +14,7 @@ from proxy import appkeys
 from proxy.relay.attempt import Answer
 from proxy.relay.drain import DRAIN, DrainDeadline
 from proxy.relay.events import ClientStalled, ClientWriter, StreamRelay, finish_tail, inband_error, pump
+from proxy.relay.outgoing import GuardedStreamResponse
 from proxy.relay.sse import EventTooLarge
 from proxy.relay.upstream import StreamBroken
 from proxy.telemetry.metrics import Metrics
@@ -26,7 +27,8 @@ DRAIN_MESSAGE = "the gateway is restarting and this stream reached its drain dea
 
 
 async def start_stream(request: web.Request, headers: Mapping[str, str], record: RequestRecord) -> web.StreamResponse:
-    response = web.StreamResponse(status=200, headers=headers)
+    app = request.app
+    response = GuardedStreamResponse(app[appkeys.STATE].runtime.guard, app[appkeys.METRICS], status=200, headers=headers)
     # set one by one: the headers are case-insensitive, so these replace the upstream's own
     for name, value in {**SSE_HEADERS, REQUEST_ID_HEADER: record.request_id}.items():
         response.headers[name] = value

@@ -50,6 +50,9 @@ class Metrics:
                                         ["lane"], registry=r)
         self.shed = Counter("okm_requests_shed_total", "Requests refused to protect the gateway or a workspace limit.",
                             ["reason"], registry=r)
+        self.secrets_masked = Counter("okm_secrets_masked_total",
+                                      "Operator secrets found in bytes bound for a client and masked, by where.",
+                                      ["where"], registry=r)
         self.usage_write_failures = Counter("okm_usage_write_failures_total", "Usage rows that could not be written.",
                                             registry=r)
         self.config_reloads = Counter("okm_config_reloads_total", "Config reloads, by result (ok, failed).",
