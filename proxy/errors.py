@@ -140,11 +140,13 @@ class UpstreamStatusError(UpstreamError):
     masked); it is passed on with the upstream's status.
     """
 
-    def __init__(self, status: int, body: dict[str, Any], retry_after: float | None = None) -> None:
+    def __init__(self, status: int, body: dict[str, Any], retry_after: float | None = None,
+                 passed_headers: dict[str, str] | None = None) -> None:
         error = body.get("error") if isinstance(body.get("error"), dict) else {}
         super().__init__(str(error.get("message") or "upstream error"), retry_after=retry_after)
         self.status = status
         self.body = body
+        self.passed_headers = passed_headers or {}  # upstream headers the client may see (X-Should-Retry, ...)
         if isinstance(error.get("code"), str):
             self.code = error["code"]
         if isinstance(error.get("type"), str):
@@ -152,6 +154,9 @@ class UpstreamStatusError(UpstreamError):
 
     def to_openai_body(self) -> dict[str, Any]:
         return self.body
+
+    def headers(self) -> dict[str, str]:
+        return {**self.passed_headers, **super().headers()}
 
 
 class ServiceUnavailableError(ProxyError):

@@ -80,23 +80,44 @@ async def test_stateful_fields_refused_on_cheap_only(gateway: Any, field: str, v
 
 
 @pytest.mark.parametrize("stream", [False, True])
-@pytest.mark.parametrize("lane", ["cheap", "resale"])
+@pytest.mark.parametrize("lane", ["cheap", "resale", "byok"])
 async def test_account_identifying_response_headers(gateway: Any, lane: str, stream: bool) -> None:
-    gw: Gateway = await gateway(pool=1, resale=1)
-    fake = gw.pool[0] if lane == "cheap" else gw.resale[0]
+    """Budget and Business answer from the operator's accounts: none of their headers reach the
+    client. BYOK is the tenant's own account: its headers (rate limits included) pass."""
+    gw: Gateway = await gateway(pool=1, resale=1, byok=("openai",))
+    fake = {"cheap": gw.pool[0], "resale": gw.resale[0], "byok": gw.byok["openai"]}[lane]
+    model = f"byok/openai/{MODEL}" if lane == "byok" else f"{lane}/{MODEL}"
     fake.script(Stream(headers=ACCOUNT_HEADERS) if stream else Reply(headers=ACCOUNT_HEADERS))
-    answer = await gw.post("/v1/chat/completions", {"model": f"{lane}/{MODEL}", "messages": CHAT, "stream": stream})
+    answer = await gw.post("/v1/chat/completions", {"model": model, "messages": CHAT, "stream": stream})
     assert answer.status == 200
     seen = {k.lower(): v for k, v in answer.headers.items()}
     assert "set-cookie" not in seen and "accountcookie" not in str(seen)
-    if lane == "cheap":
+    if lane in ("cheap", "resale"):
         assert not set(seen) & set(ACCOUNT_HEADERS) - {"x-request-id"}
         assert not {v for v in ACCOUNT_HEADERS.values()} & set(seen.values())
-        assert "x-upstream-request-id" not in seen
+        assert "x-upstream-request-id" not in seen and not [k for k in seen if k.startswith("x-ratelimit")]
     else:
         assert seen["openai-organization"] == ACCOUNT_HEADERS["openai-organization"]
         assert seen["x-ratelimit-remaining-tokens"] == "149000"
         assert seen["x-upstream-request-id"] == "req_upstream123"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("lane", ["cheap", "resale", "byok"])
+async def test_error_answers_keep_the_retry_hint_and_rate_limits_only_on_byok(gateway: Any, lane: str,
+                                                                              stream: bool) -> None:
+    gw: Gateway = await gateway(pool=1, resale=1, byok=("openai",))
+    fake = {"cheap": gw.pool[0], "resale": gw.resale[0], "byok": gw.byok["openai"]}[lane]
+    model = f"byok/openai/{MODEL}" if lane == "byok" else f"{lane}/{MODEL}"
+    fake.script(Reply(400, {"error": {"message": "bad", "type": "invalid_request_error", "param": None, "code": None}},
+                      headers={"x-should-retry": "false", "x-ratelimit-remaining-requests": "7",
+                               "openai-organization": "org-AbCdEf1234567890XYZ"}))
+    answer = await gw.post("/v1/chat/completions", {"model": model, "messages": CHAT, "stream": stream})
+    assert answer.status == 400
+    seen = {k.lower(): v for k, v in answer.headers.items()}
+    assert seen["x-should-retry"] == "false"
+    assert "openai-organization" not in seen
+    assert seen.get("x-ratelimit-remaining-requests") == ("7" if lane == "byok" else None)
 
 
 async def test_account_ids_masked_in_cheap_error_text(gateway: Any) -> None:

@@ -264,12 +264,17 @@ UPSTREAM_HEADERS = [
 ]
 
 
+OPERATOR_ACCOUNT_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "X-Should-Retry": "false"}
+
+
 @pytest.mark.parametrize(
-    ("strict", "expected"),
+    ("strict", "own_account", "expected"),
     [
-        (True, {"Content-Type": "text/event-stream; charset=utf-8"}),
+        (True, False, OPERATOR_ACCOUNT_HEADERS),  # Budget
+        (False, False, OPERATOR_ACCOUNT_HEADERS),  # Business: the operator's account too
         (
             False,
+            True,  # BYOK: the tenant's own account
             {
                 "Content-Type": "text/event-stream; charset=utf-8",
                 "OpenAI-Organization": "org-operator",
@@ -281,17 +286,25 @@ UPSTREAM_HEADERS = [
                 "X-RateLimit-Remaining-Requests": "99",
                 "anthropic-ratelimit-tokens-remaining": "1000",
                 "Retry-After": "3",
+                "X-Should-Retry": "false",
             },
         ),
     ],
 )
 @pytest.mark.parametrize("container", [dict, CIMultiDict], ids=["dict", "multidict"])
-def test_client_response_headers(strict, expected, container):
-    assert client_response_headers(container(UPSTREAM_HEADERS), strict=strict) == expected
+def test_client_response_headers(strict, own_account, expected, container):
+    headers = container([*UPSTREAM_HEADERS, ("X-Should-Retry", "false")])
+    assert client_response_headers(headers, strict=strict, own_account=own_account) == expected
+
+
+@pytest.mark.parametrize("value", ["maybe", "true; sk-pool0-operatorsecret0000", ""])
+def test_only_a_plain_retry_hint_is_passed_from_an_operator_account(value):
+    assert client_response_headers({"X-Should-Retry": value}, strict=False) == {}
 
 
 def test_anthropic_style_request_id_is_renamed_too():
-    assert client_response_headers({"request-id": "req_1"}, strict=False) == {"X-Upstream-Request-Id": "req_1"}
+    assert client_response_headers({"request-id": "req_1"}, strict=False, own_account=True) == {
+        "X-Upstream-Request-Id": "req_1"}
 
 
 @pytest.mark.parametrize(

@@ -141,7 +141,8 @@ def exhausted(lane: Any, route: Route, failures: list[AttemptFailed]) -> errors.
 
 async def answer_client(request: web.Request, answer: Answer, spec: AttemptSpec, record: RequestRecord,
                         prompt_bytes: int) -> web.StreamResponse:
-    headers = scrub.client_response_headers(answer.headers, strict=answer.target.scrub)
+    headers = scrub.client_response_headers(answer.headers, strict=answer.target.scrub,
+                                            own_account=answer.target.byok_provider is not None)
     if answer.relay is not None:
         return await stream_answer(request, answer, headers, record, prompt_bytes)
     assert answer.body is not None

@@ -45,6 +45,7 @@ _RESPONSE_TRANSPORT = frozenset(
      "strict-transport-security"}
 )
 _UPSTREAM_REQUEST_ID = frozenset({"x-request-id", "request-id"})
+SHOULD_RETRY = "x-should-retry"  # the SDKs' retry hint: identifies nobody, forwarded on every lane
 
 _STATEFUL_FIELDS = ("previous_response_id", "conversation")
 _END_USER_FIELDS = frozenset({"user", "metadata", "safety_identifier", "prompt_cache_key"})
@@ -178,18 +179,21 @@ def scrub_request_body(body: dict[str, Any], *, strict: bool, sets_store: bool =
     return scrubbed
 
 
-def client_response_headers(upstream_headers: Mapping[str, str], *, strict: bool) -> dict[str, str]:
-    """Upstream response headers the client may see.
+def client_response_headers(upstream_headers: Mapping[str, str], *, strict: bool,
+                            own_account: bool = False) -> dict[str, str]:
+    """Upstream response headers the client may see (docs/lanes.md, "Response headers").
 
-    Strict: only Content-Type; everything else (organization, project, rate limits, request
-    ids, cookies, processing time, CDN ids) could identify the pooled account. Non-strict: all
-    but hop-by-hop headers (including any named in Connection) and the upstream's transport
-    and origin headers (content-length, content-encoding, date, server, set-cookie, alt-svc,
-    strict-transport-security); the upstream's X-Request-Id / Request-Id is renamed
-    X-Upstream-Request-Id so it never collides with the gateway's own request id.
+    Operator accounts (Budget, `strict`, and Business): an allow-list, Content-Type and
+    X-Should-Retry (only "true"/"false"); organization, project, rate limits, request ids,
+    cookies, processing time and CDN ids describe the operator's account and are dropped.
+    The tenant's own account (BYOK, `own_account`): all but hop-by-hop headers (including any
+    named in Connection) and the upstream's transport and origin headers (content-length,
+    content-encoding, date, server, set-cookie, alt-svc, strict-transport-security); the
+    upstream's X-Request-Id / Request-Id is renamed X-Upstream-Request-Id so it never collides
+    with the gateway's own request id.
     """
-    if strict:
-        return {k: v for k, v in upstream_headers.items() if k.lower() == "content-type"}
+    if strict or not own_account:
+        return operator_response_headers(upstream_headers)
     named_by_connection = {
         token.strip().lower()
         for name, value in upstream_headers.items()
@@ -203,6 +207,36 @@ def client_response_headers(upstream_headers: Mapping[str, str], *, strict: bool
             continue
         out["X-Upstream-Request-Id" if lower in _UPSTREAM_REQUEST_ID else name] = value
     return out
+
+
+def operator_response_headers(upstream_headers: Mapping[str, str]) -> dict[str, str]:
+    """The allow-list for answers from an operator account (Budget and Business)."""
+    out: dict[str, str] = {}
+    for name, value in upstream_headers.items():
+        lower = name.lower()
+        if lower == "content-type":
+            out["Content-Type"] = value
+        elif lower == SHOULD_RETRY:
+            hint = should_retry_hint(value)
+            if hint is not None:
+                out["X-Should-Retry"] = hint
+    return out
+
+
+def error_response_headers(upstream_headers: Mapping[str, str], *, own_account: bool) -> dict[str, str]:
+    """Headers of an upstream error answer passed on with it: X-Should-Retry on every lane,
+    and on the tenant's own account (BYOK) its rate-limit headers too."""
+    out = operator_response_headers(upstream_headers)
+    out.pop("Content-Type", None)  # the gateway writes the error body itself
+    if own_account:
+        out.update((k, v) for k, v in upstream_headers.items() if k.lower().startswith("x-ratelimit-"))
+    return out
+
+
+def should_retry_hint(value: str | None) -> str | None:
+    """The upstream's X-Should-Retry when it is the plain hint the SDKs read, else None."""
+    hint = (value or "").strip().lower()
+    return hint if hint in ("true", "false") else None
 
 
 def mask_identifiers(text: str, secrets: Iterable[str | Secret] = ()) -> str:

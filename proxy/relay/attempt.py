@@ -184,13 +184,16 @@ async def _failure(reply: Reply, target: UpstreamTarget, spec: AttemptSpec) -> A
     if status == 404 and target.scrub and spec.endpoint is Endpoint.RESPONSES and replay.is_item_not_found(
             str(body["error"].get("message"))):
         return AttemptFailed(result, replay.item_not_found_error())  # never the pool's 404 about an item
-    return AttemptFailed(result, _status_error(status if status >= 400 else 502, body, spec, retry_after), retry_after)
+    passed = scrub.error_response_headers(reply.headers, own_account=target.byok_provider is not None)
+    error = _status_error(status if status >= 400 else 502, body, spec, retry_after, passed)
+    return AttemptFailed(result, error, retry_after)
 
 
-def _status_error(status: int, body: dict[str, Any], spec: AttemptSpec, retry_after: float | None) -> errors.ProxyError:
+def _status_error(status: int, body: dict[str, Any], spec: AttemptSpec, retry_after: float | None,
+                  passed_headers: dict[str, str] | None = None) -> errors.ProxyError:
     if spec.mask is not None:
         body = scrub.mask_error_body(body, spec.mask)
-    return errors.UpstreamStatusError(status, body, retry_after)
+    return errors.UpstreamStatusError(status, body, retry_after, passed_headers)
 
 
 def json_object(raw: bytes) -> dict[str, Any] | None:
