@@ -40,6 +40,7 @@ FAMILIES = {
     "okm_pool_account_healthy": "gauge", "okm_auth_failures_total": "counter",
     "okm_client_disconnects_total": "counter", "okm_streams_interrupted_total": "counter",
     "okm_inband_errors_total": "counter", "okm_malformed_events_total": "counter", "okm_requests_shed_total": "counter",
+    "okm_secrets_masked_total": "counter",
     "okm_usage_write_failures_total": "counter", "okm_config_reloads_total": "counter",
     "okm_requests_in_flight": "gauge", "okm_draining": "gauge",
 }
