@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -11,6 +12,7 @@ from aiohttp import web
 
 from proxy import appkeys
 from proxy.admin.api import setup_admin_routes
+from proxy.billing import holds
 from proxy.config import Config
 from proxy.http.admission import admission, close_when_draining
 from proxy.http.handlers import add_routes
@@ -30,6 +32,7 @@ from proxy.workspaces.auth import Authenticator
 from proxy.workspaces.byok import ByokVault
 
 ADMIN_MAX_BODY = 1024 * 1024
+log = logging.getLogger("okm.app")
 
 
 @dataclass(slots=True)
@@ -51,6 +54,7 @@ def build_app(config: Config, metrics: Metrics | None = None) -> web.Application
     app.on_response_prepare.append(mask_outgoing)
     app[appkeys.UPSTREAM] = UpstreamClient(config.limits)
     app[appkeys.ACCESS_LOG] = AccessLog()
+    app[holds.OWNER] = holds.owner_name()
     app.cleanup_ctx.append(_access_log_ctx)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_upstream_ctx)
@@ -71,6 +75,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         await auth.start()
         usage = UsageRecorder(store)
         await usage.start()
+        await _clear_dead_holds(store)
     except BaseException:
         await store.close()
         raise
@@ -82,6 +87,14 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     await usage.stop()
     await auth.stop()
     await store.close()
+
+
+async def _clear_dead_holds(store: Store) -> None:
+    """Holds never outlive their request: a single process drops every hold left in the store (their
+    requests died with the previous process); an instance of several drops only its own."""
+    cleared = await store.clear_holds(holds.instance_id())
+    if cleared:
+        log.warning("released %d billing holds left by a previous run", cleared)
 
 
 async def _access_log_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from proxy.billing.prices import DISABLED, PriceBook, read_price_book
 from proxy.config_reader import Reader, read_env_file
 from proxy.errors import ConfigError
 from proxy.store_url import StoreUrl, StoreUrlError, parse_store_url
@@ -133,6 +134,7 @@ class Config:
     event_loop: str = "auto"  # auto: uvloop when installed, else asyncio's own
     byok_next_master_key: Secret | None = None  # during a rotation: also accepted for stored keys
     byok_next_master_key_env: str = "OKM_NEW_MASTER_KEY"
+    billing: PriceBook = DISABLED
 
     @property
     def store_path(self) -> Path:
@@ -202,6 +204,8 @@ def _build(root: Reader, source: Path, env: dict[str, str]) -> Config:
     resale = _resale(lanes.section("resale"), providers)
     byok = _byok(lanes.section("byok"))
     lanes.reject_unknown()
+    routed = {f"cheap/{m}" for a in pool for m in a.models} | {f"resale/{m}" for m in resale}
+    billing = read_price_book(root.section("billing"), routed)
     return Config(
         source=source,
         listen=listen,
@@ -226,6 +230,7 @@ def _build(root: Reader, source: Path, env: dict[str, str]) -> Config:
         event_loop=root.choice("event_loop", EVENT_LOOPS, default="auto"),
         byok_next_master_key=root.optional_secret_named(next_master_env),
         byok_next_master_key_env=next_master_env,
+        billing=billing,
     )
 
 

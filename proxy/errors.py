@@ -6,6 +6,10 @@
     │   ├── ByokKeyNotConfiguredError  400 byok_key_not_configured
     │   └── StatefulRequestNotAllowedError 400 stateful_request_not_allowed
     ├── AuthenticationError            401 invalid_api_key
+    ├── PaymentRequiredError           402 (billing: never retried by the SDKs)
+    │   ├── InsufficientQuotaError     402 insufficient_quota
+    │   ├── BudgetExceededError        402 budget_exceeded
+    │   └── KeyLimitExceededError      402 key_limit_exceeded
     ├── PermissionDeniedError          403
     │   ├── WorkspaceDisabledError     403 workspace_disabled
     │   ├── ByokNotEnabledError        403 byok_not_enabled
@@ -85,6 +89,24 @@ class AuthenticationError(ProxyError):
     status = 401
     type = "authentication_error"
     code = "invalid_api_key"
+
+
+class PaymentRequiredError(ProxyError):
+    status = 402
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
+class InsufficientQuotaError(PaymentRequiredError):
+    code = "insufficient_quota"
+
+
+class BudgetExceededError(PaymentRequiredError):
+    code = "budget_exceeded"
+
+
+class KeyLimitExceededError(PaymentRequiredError):
+    code = "key_limit_exceeded"
 
 
 class PermissionDeniedError(ProxyError):

@@ -88,6 +88,14 @@ class Principal:
     workspace_name: str
     key_id: str
     byok_enabled: bool
+    prepaid: bool = True  # billing mode; postpaid workspaces are never refused for their balance
+    budgeted: bool = False  # the workspace has a monthly budget
+    key_limited: bool = False  # this key has a lifetime spend limit
+
+    @property
+    def needs_hold(self) -> bool:
+        """Whether a priced request must take a billing hold (one store round trip) first."""
+        return self.prepaid or self.budgeted or self.key_limited
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,14 +114,29 @@ class UpstreamTarget:
 
 @dataclass(slots=True)
 class Usage:
+    """Token buckets of one request (proxy.relay.metering fills them).
+
+    prompt_tokens is all input, cached included; completion_tokens all output, reasoning included.
+    """
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
-    estimated: bool = False
+    estimated: bool = False  # some count was not reported (or not believable) and was estimated
+    cached_input_tokens: int = 0
+    reasoning_tokens: int = 0
 
-    @property
-    def seen(self) -> bool:
-        return bool(self.prompt_tokens or self.completion_tokens or self.total_tokens)
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """One price-book entry in integer micro-units: per 1M tokens, and per request."""
+
+    input: int = 0
+    cached_input: int = 0
+    output: int = 0
+    request: int = 0
+    max_output_tokens: int | None = None
+    source: str = ""  # the price-book key it came from (an exact model ID or a `*` pattern)
 
 
 @dataclass(slots=True)
@@ -135,3 +158,6 @@ class RequestRecord:
     duration_s: float | None = None
     attempts: int = 0
     delivered: bool = False  # the stream's terminal event reached the client: a later disconnect is no cancellation
+    price: Price | None = None  # billing on: the price this request is charged at
+    hold_micros: int = 0  # the billing hold taken before the upstream call (0: none)
+    cost_micros: int = 0  # set when the request ends

@@ -139,7 +139,7 @@ class Gateway:
 
 def _config(tmp_path: Path, pool: list[FakeUpstream], weights: tuple[float, ...], resale: list[FakeUpstream],
             nostream: FakeUpstream, byok: dict[str, FakeUpstream], limits: Mapping[str, Any],
-            pool_policy: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+            pool_policy: Mapping[str, Any], billing: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
     env = {"OKM_KEY_PEPPER": PEPPER, "OKM_MASTER_KEY": generate_master_key(), "OKM_ADMIN_TOKEN": "admin-test-token",
            "CHEAPAI_KEY": "sk-cheapai-operatorsecret"}
     providers: dict[str, Any] = {"cheapai": {"base_url": nostream.url, "api_key_env": "CHEAPAI_KEY",
@@ -167,6 +167,8 @@ def _config(tmp_path: Path, pool: list[FakeUpstream], weights: tuple[float, ...]
             "byok": {"providers": {name: {"base_url": fake.url, "models": [MODEL]} for name, fake in byok.items()}},
         },
     }
+    if billing is not None:
+        config["billing"] = dict(billing)
     return config, env
 
 
@@ -195,7 +197,8 @@ GatewayFactory = Callable[..., Awaitable[Gateway]]
 
 @pytest.fixture
 async def gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
-    """`await gateway(pool=2, resale=1, byok=("openai", "acme"), workspaces=..., limits=..., pool_weights=...)`."""
+    """`await gateway(pool=2, resale=1, byok=("openai", "acme"), workspaces=..., limits=..., pool_weights=...,
+    billing=...)` (billing: the config's `billing:` section)."""
     stack = contextlib.AsyncExitStack()
 
     async def fake(name: str) -> FakeUpstream:
@@ -206,13 +209,13 @@ async def gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
     async def make(*, pool: int = 2, resale: int = 1, byok: tuple[str, ...] = ("openai", "acme"),
                    workspaces: Mapping[str, Mapping[str, str] | None] = DEFAULT_WORKSPACES,
                    limits: Mapping[str, Any] | None = None, pool_policy: Mapping[str, Any] | None = None,
-                   pool_weights: tuple[float, ...] = ()) -> Gateway:
+                   pool_weights: tuple[float, ...] = (), billing: Mapping[str, Any] | None = None) -> Gateway:
         pool_fakes = [await fake(f"pool-{i}") for i in range(pool)]
         resale_fakes = [await fake(f"resale-{i}") for i in range(resale)]
         nostream = await fake("cheapai")
         byok_fakes = {name: await fake(f"byok-{name}") for name in byok}
         raw, env = _config(tmp_path, pool_fakes, pool_weights, resale_fakes, nostream, byok_fakes, limits or {},
-                           pool_policy or {})
+                           pool_policy or {}, billing)
         path = tmp_path / "gateway.yaml"
         path.write_text(yaml.safe_dump(raw), encoding="utf-8")
         config = load_config(path, environ=env)

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy.relay.metering import meter
 from proxy.relay.sse import (
     Decoder,
     Event,
@@ -20,7 +21,9 @@ from proxy.relay.sse import (
     is_usage_only_chunk,
     responses_usage,
 )
-from proxy.types import Usage
+from proxy.types import Endpoint, Usage
+
+FALLBACK = Usage(9, 9, 18, True)  # what metering substitutes for a malformed count
 
 Fields = tuple[str | None, str | None, str | None]  # (event, data, id)
 NONE: Fields = (None, None, None)
@@ -332,14 +335,15 @@ USAGE = {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}
         (ev(b'{"choices" : [ ], "usage" : {"prompt_tokens": 2, "completion_tokens": 3}}'), Usage(2, 3, 5), True),
         (ev({**CHUNK, "choices": [], "usage": None}), None, False),
         (ev({"choices": [{"delta": {"content": '"usage": {"prompt_tokens": 1}'}}]}), None, False),
-        (ev({"choices": [], "usage": {"prompt_tokens": "x", "completion_tokens": True}}), Usage(0, 0, 0), True),
+        (ev({"choices": [], "usage": {"prompt_tokens": "x", "completion_tokens": True}}), Usage(9, 9, 18, True), True),
         (ev(b"[DONE]"), None, False),
         (ev(b'{"usage": {"prompt_tokens": 1'), None, False),
         (Event(b": ping\n\n"), None, False),
     ],
 )
 def test_chat_usage_and_usage_only_chunk(event: Event, usage: Usage | None, usage_only: bool) -> None:
-    assert chat_usage(event) == usage
+    raw = chat_usage(event)
+    assert (None if raw is None else meter(raw, Endpoint.CHAT, FALLBACK)) == usage
     assert is_usage_only_chunk(event) is usage_only
 
 
@@ -352,17 +356,18 @@ COMPLETED = {"type": "response.completed", "response": {"id": "r", "usage": RESP
 @pytest.mark.parametrize(
     ("event", "usage"),
     [
-        (ev(COMPLETED, "response.completed"), Usage(10, 20, 30)),
-        (ev({**COMPLETED, "type": "response.incomplete"}, "response.incomplete"), Usage(10, 20, 30)),
-        (ev({**COMPLETED, "type": "response.failed"}, "response.failed"), Usage(10, 20, 30)),
-        (ev(COMPLETED), Usage(10, 20, 30)),  # no `event:` line
+        (ev(COMPLETED, "response.completed"), Usage(10, 20, 30, reasoning_tokens=4)),
+        (ev({**COMPLETED, "type": "response.incomplete"}, "response.incomplete"), Usage(10, 20, 30, reasoning_tokens=4)),
+        (ev({**COMPLETED, "type": "response.failed"}, "response.failed"), Usage(10, 20, 30, reasoning_tokens=4)),
+        (ev(COMPLETED), Usage(10, 20, 30, reasoning_tokens=4)),  # no `event:` line
         (ev({"type": "response.completed", "response": {"usage": None}}, "response.completed"), None),
         (ev({"type": "response.created", "response": {"usage": RESP_USAGE}}, "response.created"), None),
         (ev({"type": "response.output_text.delta", "delta": "x"}, "response.output_text.delta"), None),
     ],
 )
 def test_responses_usage(event: Event, usage: Usage | None) -> None:
-    assert responses_usage(event) == usage
+    raw = responses_usage(event)
+    assert (None if raw is None else meter(raw, Endpoint.RESPONSES, FALLBACK)) == usage
 
 
 ERROR = {"error": {"message": "boom", "type": "server_error", "param": None, "code": "upstream_error"}}

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from proxy import appkeys, errors
+from proxy.billing.cost import request_cost
 from proxy.http.pipeline import RECORD
 from proxy.telemetry.accesslog import access_line
 from proxy.types import Endpoint, Outcome, RequestRecord
@@ -48,12 +49,13 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         return response
     record = RequestRecord(request_id, time.time(), time.monotonic(), endpoint)
     request[RECORD] = record
+    answer: web.StreamResponse | None = None
     try:
-        response = await handler(request)
-        if not response.prepared:
-            response.headers[REQUEST_ID_HEADER] = request_id
-            record.status = response.status
-        return response
+        answer = await handler(request)
+        if not answer.prepared:
+            answer.headers[REQUEST_ID_HEADER] = request_id
+            record.status = answer.status
+        return answer
     except errors.ProxyError as exc:
         record.status = exc.status
         record.outcome = _outcome_of(exc, record)
@@ -72,7 +74,9 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         record.status, record.outcome = 500, Outcome.INTERNAL_ERROR
         return error_response(errors.ProxyError(f"internal gateway error (request {request_id})"), request_id)
     finally:
-        _finish(request, record)
+        committed = _finish(request, record)
+        if committed is not None and answer is not None and not answer.prepared:
+            await committed  # a held request's answer goes out once its charge is durable
 
 
 class MethodNotAllowedError(errors.InvalidRequestError):
@@ -110,14 +114,19 @@ def _count_auth_failure(request: web.Request, exc: errors.ProxyError) -> None:
         request.app[appkeys.METRICS].auth_failures.labels(reason).inc()
 
 
-def _finish(request: web.Request, record: RequestRecord) -> None:
-    """Record the request once, whatever happened: metrics, usage row, access log."""
+def _finish(request: web.Request, record: RequestRecord) -> asyncio.Future[bool] | None:
+    """Record the request once, whatever happened: cost, metrics, usage row (which releases its
+    billing hold), access log. For a held request, returns the future of the row's commit."""
     record.duration_s = time.monotonic() - record.t0
     if record.status == 0:
         record.status = 499  # the client left before any status was sent (nginx's convention)
+    if record.price is not None:
+        record.cost_micros = request_cost(record)
     app = request.app
     app[appkeys.METRICS].observe_request(record)
+    committed = None
     if record.principal is not None:
-        app[appkeys.USAGE].finish(record)
+        committed = app[appkeys.USAGE].finish(record, wait=record.hold_micros > 0)
     if app[appkeys.STATE].runtime.config.log.access_log:
         app[appkeys.ACCESS_LOG].write(access_line(record))
+    return committed

@@ -13,13 +13,14 @@ from typing import Any
 from aiohttp import web
 
 from proxy import appkeys, errors
+from proxy.billing.holds import take_hold
 from proxy.http.body import parse_body, read_body
 from proxy.http.limits import admit_stream, admit_workspace
 from proxy.lanes import replay, scrub
 from proxy.lanes.routing import resolve_route
 from proxy.lanes.targets import CheapLane
+from proxy.relay import metering
 from proxy.relay.attempt import Answer, AttemptFailed, AttemptSpec, attempt
-from proxy.relay.events import estimate_usage
 from proxy.relay.responses_stream import synthesize_response_events
 from proxy.relay.streaming import stream_answer, synthesized_stream
 from proxy.runtime import Runtime
@@ -50,6 +51,8 @@ async def proxy_request(request: web.Request, endpoint: Endpoint) -> web.StreamR
     key = None
     if route.lane is Lane.BYOK:
         key = await app[appkeys.BYOK].key_for(runtime.master_keys, principal, route.provider or "")
+    if runtime.config.billing.enabled:  # a 402 here: nothing has gone upstream
+        await take_hold(app, runtime.config.billing, record, body.data, endpoint, len(raw))
     data = scrub.scrub_request_body(body.data, strict=lane.scrub, sets_store=endpoint in (Endpoint.CHAT, Endpoint.RESPONSES))
     if lane.scrub and endpoint is Endpoint.RESPONSES:
         data = replay.stateless_responses_body(data, route.model)
@@ -67,7 +70,7 @@ async def proxy_request(request: web.Request, endpoint: Endpoint) -> web.StreamR
         answer = await failover(app, runtime, lane, route, spec, key, record)
     except asyncio.CancelledError:
         if record.attempts:  # the client left while waiting, but the prompt went upstream: bill an estimate
-            record.usage = estimate_usage(len(raw))
+            record.usage = metering.estimate(len(raw))
         raise
     try:
         try:
@@ -152,24 +155,15 @@ async def answer_client(request: web.Request, answer: Answer, spec: AttemptSpec,
             events = synthesize_response_events(parsed or {})
         except ValueError as exc:
             raise errors.UpstreamError("the upstream's Responses answer is not a valid response object") from exc
-        record.usage = _usage(parsed or {}, responses=True)
+        record.usage = _metered(parsed or {}, spec.endpoint, prompt_bytes)
         return await synthesized_stream(request, events, headers, record)
-    if parsed is not None:
-        record.usage = _usage(parsed, responses=spec.endpoint is Endpoint.RESPONSES)
+    record.usage = _metered(parsed, spec.endpoint, prompt_bytes)
     record.status = answer.status
     record.ttfb_s = time.monotonic() - record.t0
     return web.Response(body=answer.body, status=answer.status, headers=headers)
 
 
-def _usage(obj: dict[str, Any], responses: bool) -> Usage:
-    usage = obj.get("usage")
-    if not isinstance(usage, dict):
-        return Usage()
-    if responses:
-        prompt, completion = usage.get("input_tokens"), usage.get("output_tokens")
-    else:
-        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    prompt = prompt if isinstance(prompt, int) else 0
-    completion = completion if isinstance(completion, int) else 0
-    total = usage.get("total_tokens")
-    return Usage(prompt, completion, total if isinstance(total, int) else prompt + completion)
+def _metered(answer: dict[str, Any] | None, endpoint: Endpoint, prompt_bytes: int) -> Usage:
+    """A JSON answer's usage; one without (or with unbelievable) usage is estimated and flagged."""
+    fallback = metering.estimate(prompt_bytes, metering.answer_output_estimate(answer, endpoint))
+    return metering.meter((answer or {}).get("usage"), endpoint, fallback)

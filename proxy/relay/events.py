@@ -16,11 +16,13 @@ import orjson
 from aiohttp import web
 
 from proxy.lanes import scrub
-from proxy.relay import sse
-from proxy.relay.upstream import StreamBroken
-from proxy.types import Usage
+from proxy.relay import metering, sse
+from proxy.relay.upstream import Reply, StreamBroken
+from proxy.types import Endpoint, Usage
 
 TAIL_GRACE_S = 0.05  # how long the end of the body may trail the terminal event
+USAGE_GRACE_S = 1.0  # how long a finished answer's usage chunk is awaited after the client left
+_FINISH = re.compile(rb'"finish_reason"\s*:\s*"')  # a chat choice that has finished (not null)
 # A usage object needs the per-event path (so do errors and CR line ends; see _first_special).
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')  # starts with a literal: re scans for it fast
 _RESPONSES_ERROR_FIELDS = ("type", "code", "message", "param", "sequence_number")
@@ -35,7 +37,10 @@ class StreamRelay:
         self.mask = mask  # operator lanes: account identifiers to mask in upstream error events
         self.malformed = 0  # data events whose payload is neither a JSON object nor [DONE]
         self._replacement: bytes | None = None  # a masked error event, sent instead of the upstream's bytes
-        self.usage: Usage | None = None
+        self.usage: dict[str, Any] | None = None  # the upstream's raw usage object, once one came
+        self.finished = False  # a chat choice reported its finish_reason: only the usage chunk may follow
+        self.data_bytes = 0  # bytes read from the upstream, for the estimate when no usage comes
+        self.first_event_bytes = 0  # size of the first event: the envelope every event carries
         self.terminal = False
         self.error: dict[str, Any] | None = None  # an upstream in-band error event, if one came
         self.data_events = 0
@@ -46,6 +51,11 @@ class StreamRelay:
         On an over-size event, raises EventTooLarge with `.forward` set to the bytes of the
         complete events that preceded it in this chunk (they are still owed to the client).
         """
+        self.data_bytes += len(chunk)
+        if not self.first_event_bytes:
+            self.first_event_bytes = chunk.find(b"\n\n") + 2 if b"\n\n" in chunk else 0
+        if not self.finished and b'"finish_reason"' in chunk:
+            self.finished = _FINISH.search(chunk) is not None
         if not self.responses and self.decoder.idle and chunk.startswith(b"data: "):
             cut = self._plain_prefix(chunk)
             if cut == len(chunk):
@@ -125,15 +135,17 @@ class StreamRelay:
                 self._replacement = _masked_error(event, error, self.mask)
         return True
 
-    def estimated_usage(self, prompt_bytes: int) -> Usage:
-        """Used when the upstream reported none (e.g. the client left): about one token per event."""
-        return estimate_usage(prompt_bytes, completion=max(0, self.data_events - 1))
+    @property
+    def awaiting_usage(self) -> bool:
+        """The answer is complete but the usage that follows it has not come yet."""
+        return not self.terminal and self.usage is None and self.finished
 
-
-def estimate_usage(prompt_bytes: int, completion: int = 0) -> Usage:
-    """Usage the upstream never reported: about 4 prompt bytes a token, flagged as estimated."""
-    prompt = max(1, prompt_bytes // 4)
-    return Usage(prompt, completion, prompt + completion, estimated=True)
+    def final_usage(self, prompt_bytes: int) -> Usage:
+        """The metered usage: the upstream's own, else (e.g. the client left) an estimate, flagged."""
+        fallback = metering.estimate(prompt_bytes, metering.stream_output_estimate(self.data_events, self.data_bytes,
+                                                                                     self.first_event_bytes))
+        endpoint = Endpoint.RESPONSES if self.responses else Endpoint.CHAT
+        return metering.meter(self.usage, endpoint, fallback)
 
 
 def _malformed(data: str) -> bool:
@@ -263,3 +275,16 @@ async def finish_tail(chunks: AsyncIterator[bytes], relay: StreamRelay, client: 
                 await reader
         if cancelled:
             raise asyncio.CancelledError
+
+
+async def collect_usage(reply: Reply, relay: StreamRelay, grace_s: float = USAGE_GRACE_S) -> None:
+    """The client left after the answer's last choice finished: read (never forward) the rest
+    briefly, for the usage chunk the upstream is about to send. The upstream has nothing more
+    to generate, so waiting for it costs nothing but this bounded moment. A fresh chunk iterator:
+    the relay's own was closed by the cancellation that ended it."""
+    with contextlib.suppress(TimeoutError, StreamBroken, sse.EventTooLarge):
+        async with asyncio.timeout(grace_s):
+            async for chunk in reply.chunks():
+                relay.feed(chunk)
+                if relay.usage is not None or relay.terminal:
+                    return

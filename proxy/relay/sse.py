@@ -11,8 +11,6 @@ from typing import Any
 
 import orjson
 
-from proxy.types import Usage
-
 _BOM = b"\xef\xbb\xbf"
 _LF = 0x0A
 
@@ -205,24 +203,13 @@ def _json_object(event: Event) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _usage(obj: Any, prompt_key: str, completion_key: str) -> Usage | None:
-    if not isinstance(obj, dict):
-        return None
-    prompt, completion = _count(obj.get(prompt_key)), _count(obj.get(completion_key))
-    total = _count(obj.get("total_tokens")) or prompt + completion
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=total)
-
-
-def chat_usage(event: Event) -> Usage | None:
-    """Usage from a chat/completions or completions chunk whose "usage" is an object."""
+def chat_usage(event: Event) -> dict[str, Any] | None:
+    """The raw "usage" object of a chat/completions or completions chunk (proxy.relay.metering reads it)."""
     if not _USAGE_OBJECT.search(event.raw):
         return None
     obj = _json_object(event)
-    return None if obj is None else _usage(obj.get("usage"), "prompt_tokens", "completion_tokens")
+    usage = None if obj is None else obj.get("usage")
+    return usage if isinstance(usage, dict) else None
 
 
 def is_usage_only_chunk(event: Event) -> bool:
@@ -244,15 +231,16 @@ def responses_event_type(event: Event) -> str | None:
     return kind if isinstance(kind, str) else None
 
 
-def responses_usage(event: Event) -> Usage | None:
-    """Usage from response.completed / response.incomplete / response.failed (`response.usage`)."""
+def responses_usage(event: Event) -> dict[str, Any] | None:
+    """The raw `response.usage` of response.completed / response.incomplete / response.failed."""
     if not _USAGE_OBJECT.search(event.raw) or responses_event_type(event) not in RESPONSES_FINAL:
         return None
     obj = _json_object(event)
     response = None if obj is None else obj.get("response")
     if not isinstance(response, dict):
         return None
-    return _usage(response.get("usage"), "input_tokens", "output_tokens")
+    usage = response.get("usage")
+    return usage if isinstance(usage, dict) else None
 
 
 def error_payload(event: Event) -> dict[str, Any] | None:

@@ -13,7 +13,7 @@ from aiohttp import web
 from proxy import appkeys
 from proxy.relay.attempt import Answer
 from proxy.relay.drain import DRAIN, DrainDeadline
-from proxy.relay.events import ClientStalled, ClientWriter, StreamRelay, finish_tail, inband_error, pump
+from proxy.relay.events import ClientStalled, ClientWriter, StreamRelay, collect_usage, finish_tail, inband_error, pump
 from proxy.relay.outgoing import GuardedStreamResponse
 from proxy.relay.sse import EventTooLarge
 from proxy.relay.upstream import StreamBroken
@@ -95,11 +95,13 @@ async def stream_answer(request: web.Request, answer: Answer, headers: Mapping[s
         active.dec()
         if relay.malformed:
             metrics.malformed_events.labels(lane).inc(relay.malformed)
+        if not clean and relay.awaiting_usage and record.outcome is Outcome.CLIENT_CANCELLED:
+            await collect_usage(reply, relay)  # the answer was complete: bill what the upstream produced
         if clean:
             reply.release()
         else:
             reply.close()  # a forced close: the upstream stops generating at once
-        record.usage = relay.usage if relay.usage is not None else relay.estimated_usage(prompt_bytes)
+        record.usage = relay.final_usage(prompt_bytes)
 
 
 async def _upstream_broke(response: web.StreamResponse, relay: StreamRelay, record: RequestRecord,

@@ -68,6 +68,8 @@ class Workspace:
     byok_enabled: bool
     rpm_limit: int | None  # None: the config's default applies
     stream_limit: int | None
+    billing_mode: str = "prepaid"  # prepaid | postpaid
+    budget_micros: int | None = None  # monthly budget; None: none
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +83,8 @@ class ApiKey:
     created_at: float
     last_used_at: float | None
     revoked_at: float | None
+    spend_limit_micros: int | None = None  # lifetime spend limit; None: none
+    spent_micros: int = 0
 
     @property
     def revoked(self) -> bool:
@@ -96,6 +100,7 @@ class AuthEntry:
     revoked: bool
     workspace: Workspace
     byok_providers: frozenset[str]
+    spend_limit_micros: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +134,14 @@ class UsageRow:
     ttfb_s: float | None = None
     duration_s: float | None = None
     attempts: int = 0
+    cached_input_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_micros: int = 0
+    price_input: int | None = None  # the prices charged (micro-units per 1M tokens / per request); None: unpriced
+    price_cached_input: int | None = None
+    price_output: int | None = None
+    price_request: int | None = None
+    hold_micros: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,3 +157,54 @@ class UsageTotal:
     completion_tokens: int
     total_tokens: int
     estimated_requests: int  # requests whose token counts were estimated
+    cached_input_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_micros: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BillingAccount:
+    """A workspace's money, as the store's running totals (balance = credits - charges)."""
+
+    workspace_id: int
+    mode: str
+    budget_micros: int | None
+    credits_micros: int
+    charges_micros: int
+    held_micros: int
+    month: str  # YYYY-MM of month_charges_micros
+    month_charges_micros: int
+
+    @property
+    def balance_micros(self) -> int:
+        return self.credits_micros - self.charges_micros
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    id: int
+    workspace_id: int
+    amount_micros: int
+    kind: str  # topup | refund | adjustment
+    note: str
+    actor: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpend:
+    limit_micros: int | None
+    spent_micros: int
+    held_micros: int
+
+
+@dataclass(frozen=True, slots=True)
+class HoldRequest:
+    """A hold to take: the amount, who it is for and which process owns it."""
+
+    request_id: str
+    workspace_id: int
+    key_id: str | None
+    amount_micros: int
+    owner: str
+    month: str  # the current month, YYYY-MM (UTC)

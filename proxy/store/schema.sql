@@ -100,3 +100,60 @@ CREATE TRIGGER byok_keys_delete_auth AFTER DELETE ON byok_keys
 BEGIN
     UPDATE meta SET value = value + 1 WHERE name = 'auth_version';
 END;
+
+-- migration 2: billing: token buckets, cost and prices on usage rows; ledger, holds, modes, budgets, key limits
+-- Money is integer micro-units (BIGINT). billing_accounts keeps running totals per workspace, updated in the
+-- same transaction as the ledger entry or usage row they come from, so admission reads one row.
+ALTER TABLE usage ADD COLUMN cached_input_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE usage ADD COLUMN reasoning_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE usage ADD COLUMN cost_micros BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE usage ADD COLUMN price_input BIGINT;
+ALTER TABLE usage ADD COLUMN price_cached_input BIGINT;
+ALTER TABLE usage ADD COLUMN price_output BIGINT;
+ALTER TABLE usage ADD COLUMN price_request BIGINT;
+ALTER TABLE usage ADD COLUMN hold_micros BIGINT NOT NULL DEFAULT 0;
+
+ALTER TABLE workspaces ADD COLUMN billing_mode TEXT NOT NULL DEFAULT 'prepaid';
+ALTER TABLE workspaces ADD COLUMN budget_micros BIGINT;
+ALTER TABLE api_keys ADD COLUMN spend_limit_micros BIGINT;
+ALTER TABLE api_keys ADD COLUMN spent_micros BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE api_keys ADD COLUMN held_micros BIGINT NOT NULL DEFAULT 0;
+
+CREATE TABLE billing_accounts (
+    workspace_id INTEGER PRIMARY KEY REFERENCES workspaces (id),
+    credits_micros BIGINT NOT NULL DEFAULT 0,
+    charges_micros BIGINT NOT NULL DEFAULT 0,
+    held_micros BIGINT NOT NULL DEFAULT 0,
+    month TEXT NOT NULL DEFAULT '',
+    month_charges_micros BIGINT NOT NULL DEFAULT 0
+);
+
+CREATE TABLE billing_ledger (
+    id INTEGER PRIMARY KEY,
+    workspace_id INTEGER NOT NULL REFERENCES workspaces (id),
+    amount_micros BIGINT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('topup', 'refund', 'adjustment')),
+    note TEXT NOT NULL DEFAULT '',
+    actor TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL
+);
+CREATE INDEX billing_ledger_by_workspace ON billing_ledger (workspace_id, created_at);
+
+CREATE TABLE billing_holds (
+    request_id TEXT PRIMARY KEY,
+    workspace_id INTEGER NOT NULL REFERENCES workspaces (id),
+    key_id TEXT,
+    amount_micros BIGINT NOT NULL,
+    owner TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX billing_holds_by_owner ON billing_holds (owner);
+
+CREATE TRIGGER workspaces_update_billing_auth AFTER UPDATE OF billing_mode, budget_micros ON workspaces
+BEGIN
+    UPDATE meta SET value = value + 1 WHERE name = 'auth_version';
+END;
+CREATE TRIGGER api_keys_update_limit_auth AFTER UPDATE OF spend_limit_micros ON api_keys
+BEGIN
+    UPDATE meta SET value = value + 1 WHERE name = 'auth_version';
+END;

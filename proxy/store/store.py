@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.store import usage_sql as usage_store
+from proxy.store.billing_store import BillingStore
 from proxy.store.db import Database, Params, Row, Tx
 from proxy.store.migrations import Migration, load_migrations
 from proxy.store.postgres import PgDatabase
@@ -41,16 +42,21 @@ from proxy.workspaces import keys
 
 WORKSPACE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 KEY_NAME_MAX = 100
-_WS_COLUMNS = "id, name, created_at, disabled_at, byok_enabled, rpm_limit, stream_limit"
-_KEY_COLUMNS = "id, workspace_id, name, masked, created_at, last_used_at, revoked_at"
+_WS_COLUMNS = "id, name, created_at, disabled_at, byok_enabled, rpm_limit, stream_limit, billing_mode, budget_micros"
+_KEY_COLUMNS = "id, workspace_id, name, masked, created_at, last_used_at, revoked_at, spend_limit_micros, spent_micros"
+_WS_END = 3 + len(_WS_COLUMNS.split(", "))  # where a workspace's columns end in an auth_entries row
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)  # PostgreSQL BIGINT sums and columns may come back as Decimal
 
 
 def _workspace(row: Sequence[Any]) -> Workspace:
-    return Workspace(row[0], row[1], row[2], row[3] is not None, bool(row[4]), row[5], row[6])
+    return Workspace(row[0], row[1], row[2], row[3] is not None, bool(row[4]), row[5], row[6], row[7], _int(row[8]))
 
 
 def _api_key(row: Sequence[Any]) -> ApiKey:
-    return ApiKey(*row[:7])
+    return ApiKey(*row[:7], _int(row[7]), int(row[8]))
 
 
 def check_workspace_name(name: str) -> str:
@@ -82,7 +88,7 @@ def as_store_url(target: str | os.PathLike[str] | StoreUrl) -> StoreUrl:
     return StoreUrl.sqlite(Path(text))
 
 
-class Store:
+class Store(BillingStore):
     def __init__(self, db: Database, url: StoreUrl) -> None:
         self.db = db
         self.url = url
@@ -181,10 +187,14 @@ class Store:
 
     # --- API keys ---------------------------------------------------------------------------
 
-    async def create_api_key(self, workspace_name: str, pepper: Secret, name: str = "") -> tuple[ApiKey, Secret]:
-        """Issue a key: only its hash and masked form are stored; the key is returned once."""
+    async def create_api_key(self, workspace_name: str, pepper: Secret, name: str = "",
+                             spend_limit_micros: int | None = None) -> tuple[ApiKey, Secret]:
+        """Issue a key (optionally with a lifetime spend limit): only its hash and masked form are
+        stored; the key is returned once."""
         if len(name) > KEY_NAME_MAX or not name.isprintable():
             raise InvalidValue(f"key name must be printable text of at most {KEY_NAME_MAX} characters")
+        if spend_limit_micros is not None and spend_limit_micros < 0:
+            raise InvalidValue("a key's spend limit must not be negative")
         key_id, key = keys.generate_api_key()
         key_hash = keys.hash_api_key(key, pepper)
         async with self.transaction() as db:
@@ -192,8 +202,9 @@ class Store:
             if row is None:
                 raise WorkspaceNotFound(workspace_name)
             await db.execute(
-                "INSERT INTO api_keys (id, workspace_id, name, key_hash, masked, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (key_id, row[0], name, key_hash, keys.mask_key(key), time.time()),
+                "INSERT INTO api_keys (id, workspace_id, name, key_hash, masked, created_at, spend_limit_micros) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (key_id, row[0], name, key_hash, keys.mask_key(key), time.time(), spend_limit_micros),
             )
         return await self.get_api_key(key_id), Secret(key, f"key {key_id}")
 
@@ -225,7 +236,7 @@ class Store:
         """Every key with its workspace, in one consistent read: the authenticator's cache."""
         rows = await self.fetchall(
             f"SELECT k.id, k.key_hash, k.revoked_at, {', '.join('w.' + c for c in _WS_COLUMNS.split(', '))}, "
-            "b.provider FROM api_keys k JOIN workspaces w ON w.id = k.workspace_id "
+            "b.provider, k.spend_limit_micros FROM api_keys k JOIN workspaces w ON w.id = k.workspace_id "
             "LEFT JOIN byok_keys b ON b.workspace_id = w.id ORDER BY k.id"
         )
         workspaces: dict[int, Workspace] = {}
@@ -234,12 +245,13 @@ class Store:
         for row in rows:
             heads.setdefault(row[0], row)
             found = providers.setdefault(row[0], set())
-            if row[10] is not None:
-                found.add(row[10])
+            if row[_WS_END] is not None:
+                found.add(row[_WS_END])
         entries = []
         for key_id, row in heads.items():
-            workspace = workspaces.setdefault(row[3], _workspace(row[3:10]))
-            entries.append(AuthEntry(key_id, bytes(row[1]), row[2] is not None, workspace, frozenset(providers[key_id])))
+            workspace = workspaces.setdefault(row[3], _workspace(row[3:_WS_END]))
+            entries.append(AuthEntry(key_id, bytes(row[1]), row[2] is not None, workspace, frozenset(providers[key_id]),
+                                     _int(row[_WS_END + 1])))
         return entries
 
     async def touch_keys(self, last_used: Mapping[str, float]) -> None:

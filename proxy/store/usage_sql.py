@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from proxy.store import billing_sql
 from proxy.store.db import Params, Tx
 from proxy.store.rows import USAGE_IN_FLIGHT, UsageRow, UsageTotal
 from proxy.types import Outcome
@@ -18,7 +19,9 @@ if TYPE_CHECKING:  # only for annotations: store imports this module
 
 _COLUMNS = (
     "request_id, started_at, workspace_id, key_id, lane, public_model, upstream, endpoint, stream, status, "
-    "outcome, prompt_tokens, completion_tokens, total_tokens, tokens_estimated, ttfb_s, duration_s, attempts"
+    "outcome, prompt_tokens, completion_tokens, total_tokens, tokens_estimated, ttfb_s, duration_s, attempts, "
+    "cached_input_tokens, reasoning_tokens, cost_micros, price_input, price_cached_input, price_output, "
+    "price_request, hold_micros"
 )
 _PLACEHOLDERS = ", ".join("?" for _ in _COLUMNS.split(", "))
 _UPDATES = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS.split(", ")[1:])
@@ -32,9 +35,12 @@ def _params(row: UsageRow) -> tuple[Any, ...]:
         row.request_id, row.started_at, row.workspace_id, row.key_id, row.lane, row.public_model, row.upstream,
         row.endpoint, int(row.stream), row.status, row.outcome, row.prompt_tokens, row.completion_tokens,
         row.total_tokens, int(row.tokens_estimated), row.ttfb_s, row.duration_s, row.attempts,
+        row.cached_input_tokens, row.reasoning_tokens, row.cost_micros, row.price_input, row.price_cached_input,
+        row.price_output, row.price_request, row.hold_micros,
     )
 
 
+_sum = billing_sql.capped_sum  # overflow-safe: every row's count is bounded
 _TOUCH = "UPDATE api_keys SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)"
 
 
@@ -53,6 +59,7 @@ def batch(admitted: Sequence[UsageRow], finished: Sequence[UsageRow]) -> list[tu
             last_used[row.key_id] = row.started_at
     return [
         (_ADMIT, [_params(r) for r in admitted]),
+        *billing_sql.settle_statements(finished),  # hold releases and charges commit with the rows
         (_FINISH, [_params(r) for r in finished]),
         (_TOUCH, [(ts, key_id, ts) for key_id, ts in last_used.items()]),
     ]
@@ -80,7 +87,9 @@ async def summary(store: Store, since: float | None, workspace: str | None) -> l
     sql = (
         "SELECT w.name, u.lane, u.public_model, count(*), "
         "sum(CASE WHEN u.outcome NOT IN (?, ?) THEN 1 ELSE 0 END), "
-        "sum(u.prompt_tokens), sum(u.completion_tokens), sum(u.total_tokens), sum(u.tokens_estimated) "
+        f"{_sum('u.prompt_tokens')}, {_sum('u.completion_tokens')}, {_sum('u.total_tokens')}, "
+        f"sum(u.tokens_estimated), {_sum('u.cached_input_tokens')}, {_sum('u.reasoning_tokens')}, "
+        "COALESCE(sum(u.cost_micros), 0) "
         f"FROM usage u LEFT JOIN workspaces w ON w.id = u.workspace_id WHERE {where} "
         "GROUP BY w.name, u.lane, u.public_model"
     )

@@ -19,7 +19,7 @@ log = logging.getLogger("okm.usage")
 
 BATCH_ROWS = 200
 MAX_PENDING = 50_000  # beyond this the store is not keeping up: drop and count, never grow without bound
-MAX_TOKENS = 2**62  # keeps absurd upstream counts inside SQLite's integer range
+MAX_TOKENS = 100_000_000  # per row, as metering caps it: sums of rows stay inside 64-bit integers
 MAX_TEXT = 256  # public model names come from clients
 
 
@@ -33,7 +33,7 @@ def _text(value: str | None) -> str | None:
 
 def usage_row(record: RequestRecord, *, admitted: bool) -> UsageRow:
     """A snapshot of the record as a usage row (the record keeps changing after this)."""
-    principal, route, usage = record.principal, record.route, record.usage
+    principal, route, usage, price = record.principal, record.route, record.usage, record.price
     return UsageRow(
         request_id=record.request_id,
         started_at=record.started_at,
@@ -53,6 +53,14 @@ def usage_row(record: RequestRecord, *, admitted: bool) -> UsageRow:
         ttfb_s=record.ttfb_s,
         duration_s=record.duration_s,
         attempts=_count(record.attempts),
+        cached_input_tokens=_count(usage.cached_input_tokens),
+        reasoning_tokens=_count(usage.reasoning_tokens),
+        cost_micros=record.cost_micros,
+        price_input=price.input if price else None,
+        price_cached_input=price.cached_input if price else None,
+        price_output=price.output if price else None,
+        price_request=price.request if price else None,
+        hold_micros=record.hold_micros,
     )
 
 
@@ -114,9 +122,14 @@ class UsageRecorder:
         self._enqueue(_Item(usage_row(record, admitted=True), False, committed))
         return committed
 
-    def finish(self, record: RequestRecord) -> None:
-        """Queue the final row; an upsert by request id, so finishing twice is harmless."""
-        self._enqueue(_Item(usage_row(record, admitted=False), True, None))
+    def finish(self, record: RequestRecord, *, wait: bool = False) -> asyncio.Future[bool] | None:
+        """Queue the final row; an upsert by request id, so finishing twice is harmless.
+
+        With `wait`, returns a future that resolves (True/False, never raising) once it is committed.
+        """
+        committed = asyncio.get_running_loop().create_future() if wait else None
+        self._enqueue(_Item(usage_row(record, admitted=False), True, committed))
+        return committed
 
     def _enqueue(self, item: _Item) -> None:
         running = self._task is not None and not self._task.done()

@@ -36,6 +36,10 @@ class Metrics:
         self.active_streams = Gauge("okm_active_streams", "Streams currently being relayed.", ["lane"], registry=r)
         self.tokens = Counter("okm_tokens_total", "Tokens accounted, by kind (prompt, completion).",
                               ["lane", "kind"], registry=r)
+        self.cost = Counter("okm_cost_micros", "Cost charged to workspaces, in micro-units of billing.currency.",
+                            ["lane"], registry=r)
+        self.billing_refusals = Counter("okm_billing_refusals", "Requests refused for money (402), by reason.",
+                                        ["reason"], registry=r)
         self.pool_healthy = Gauge("okm_pool_account_healthy", "1 while a Budget pool account is in rotation.",
                                   ["account"], registry=r)
         self.auth_failures = Counter("okm_auth_failures_total", "Rejected workspace credentials, by reason.",
@@ -83,10 +87,17 @@ class Metrics:
         self.child(self.duration, lane, endpoint).observe(record.duration_s or 0.0)
         if record.ttfb_s is not None:
             self.child(self.ttfb, lane, endpoint).observe(record.ttfb_s)
-        if record.usage.prompt_tokens:
-            self.child(self.tokens, lane, "prompt").inc(record.usage.prompt_tokens)
-        if record.usage.completion_tokens:
-            self.child(self.tokens, lane, "completion").inc(record.usage.completion_tokens)
+        usage = record.usage
+        if usage.prompt_tokens > 0:
+            self.child(self.tokens, lane, "prompt").inc(usage.prompt_tokens)
+        if usage.completion_tokens > 0:
+            self.child(self.tokens, lane, "completion").inc(usage.completion_tokens)
+        if usage.cached_input_tokens > 0:
+            self.child(self.tokens, lane, "cached_input").inc(usage.cached_input_tokens)
+        if usage.reasoning_tokens > 0:
+            self.child(self.tokens, lane, "reasoning").inc(usage.reasoning_tokens)
+        if record.cost_micros > 0:
+            self.child(self.cost, lane).inc(record.cost_micros)
 
     def render(self) -> bytes:
         for hook in self._scrape_hooks:

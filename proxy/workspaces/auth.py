@@ -112,7 +112,11 @@ class _Snapshot:
 def _snapshot(version: int, entries: list[AuthEntry]) -> _Snapshot:
     by_id = {e.key_id: e for e in entries}
     principals = {
-        e.key_id: Principal(e.workspace.id, e.workspace.name, e.key_id, e.workspace.byok_enabled) for e in entries
+        e.key_id: Principal(e.workspace.id, e.workspace.name, e.key_id, e.workspace.byok_enabled,
+                            prepaid=e.workspace.billing_mode != "postpaid",
+                            budgeted=e.workspace.budget_micros is not None,
+                            key_limited=e.spend_limit_micros is not None)
+        for e in entries
     }
     return _Snapshot(version, by_id, principals, {e.workspace.id: e for e in entries})
 

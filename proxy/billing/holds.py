@@ -1,0 +1,119 @@
+"""Admission for money: before anything goes upstream a priced request of a prepaid (or budgeted, or
+key-limited) workspace takes a hold in the store, or is refused with a 402 naming the balance.
+
+One store round trip per held request; postpaid workspaces without limits, free models and a
+disabled price book never reach the store here. Holds are released (and the real cost charged)
+by the usage writer, in the transaction of the request's final usage row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from proxy import appkeys, errors
+from proxy.billing.cost import cost_micros
+from proxy.billing.money import format_amount
+from proxy.billing.prices import PriceBook
+from proxy.relay import metering
+from proxy.store.rows import BillingAccount, HoldRequest, KeySpend, StoreError
+from proxy.types import Endpoint, Price, RequestRecord
+
+INSTANCE_ENV = "OKM_INSTANCE_ID"  # set per worker slot by a supervisor; unset: this process is the only one
+OWNER: web.AppKey[str] = web.AppKey("billing_owner", str)
+MAX_OUTPUT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def instance_id() -> str | None:
+    return os.environ.get(INSTANCE_ENV) or None
+
+
+def owner_name() -> str:
+    """What this process writes as its holds' owner: the instance id, else host and pid."""
+    return instance_id() or f"{socket.gethostname()}:{os.getpid()}"
+
+
+def max_output_tokens(data: dict[str, Any], endpoint: Endpoint, price: Price, book: PriceBook) -> int:
+    """The output a hold covers: the request's own cap (bounded by the model's), else the model's, else the default."""
+    if endpoint is Endpoint.EMBEDDINGS:
+        return 0
+    ceiling = price.max_output_tokens
+    for name in MAX_OUTPUT_FIELDS:
+        value = data.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return min(value, ceiling) if ceiling is not None else min(value, metering.MAX_TOKENS)
+    return ceiling if ceiling is not None else book.default_max_output_tokens
+
+
+def hold_amount(data: dict[str, Any], endpoint: Endpoint, price: Price, book: PriceBook, prompt_bytes: int) -> int:
+    """The cost of the estimated input plus the maximum output, at the request's price."""
+    return cost_micros(metering.estimate(prompt_bytes, max_output_tokens(data, endpoint, price, book)), price)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    error: errors.PaymentRequiredError
+
+
+def decide(amount: int, currency: str, month: str) -> Callable[[BillingAccount, KeySpend | None], Refusal | None]:
+    """The rule, run inside the hold's transaction on the locked account row."""
+
+    def money(micros: int) -> str:
+        return f"{format_amount(micros)} {currency}"
+
+    def check(account: BillingAccount, key: KeySpend | None) -> Refusal | None:
+        if account.mode != "postpaid" and account.balance_micros - account.held_micros < amount:
+            return Refusal(errors.InsufficientQuotaError(
+                f"Insufficient balance: this workspace has {money(account.balance_micros)} "
+                f"({money(account.held_micros)} held by requests in progress) and this request needs a hold of "
+                f"{money(amount)}. Add credit, or lower max_tokens."))
+        if account.budget_micros is not None:
+            spent = account.month_charges_micros if account.month == month else 0
+            if spent + account.held_micros + amount > account.budget_micros:
+                return Refusal(errors.BudgetExceededError(
+                    f"This request would pass the workspace's monthly budget of {money(account.budget_micros)}: "
+                    f"{money(spent)} spent this month, {money(account.held_micros)} held, {money(amount)} needed."))
+        if key is not None and key.limit_micros is not None:
+            return _key_refusal(key, key.limit_micros, amount, money)
+        return None
+
+    return check
+
+
+def _key_refusal(key: KeySpend, limit: int, amount: int, money: Callable[[int], str]) -> Refusal | None:
+    if key.spent_micros + key.held_micros + amount <= limit:
+        return None
+    return Refusal(errors.KeyLimitExceededError(
+        f"This request would pass this API key's spend limit of {money(limit)}: "
+        f"{money(key.spent_micros)} spent, {money(key.held_micros)} held, {money(amount)} needed."))
+
+
+async def take_hold(app: web.Application, book: PriceBook, record: RequestRecord, data: dict[str, Any],
+                    endpoint: Endpoint, prompt_bytes: int) -> None:
+    """Price the request and, where its workspace needs one, hold its maximum cost; raise the 402."""
+    route, principal = record.route, record.principal
+    assert route is not None and principal is not None  # reason: routed and authenticated before this
+    price = book.resolve(route.public_model)
+    record.price = price
+    if price is None or not principal.needs_hold:
+        return
+    amount = hold_amount(data, endpoint, price, book, prompt_bytes)
+    if amount <= 0:
+        return
+    month = dt.datetime.now(dt.UTC).strftime("%Y-%m")
+    hold = HoldRequest(record.request_id, principal.workspace_id, principal.key_id, amount, app[OWNER], month)
+    try:
+        refusal = await app[appkeys.STORE].take_hold(hold, decide(amount, book.currency, month))
+    except StoreError as exc:
+        raise errors.ServiceUnavailableError("Billing is unavailable: the gateway's store cannot be written; "
+                                             "retry shortly.", code="billing_unavailable") from exc
+    if refusal is not None:
+        app[appkeys.METRICS].child(app[appkeys.METRICS].billing_refusals, refusal.error.code).inc()
+        raise refusal.error
+    record.hold_micros = amount
