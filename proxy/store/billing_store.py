@@ -108,8 +108,8 @@ class BillingStore:
     async def set_key_limit(self, key_id: str, limit_micros: int | None) -> ApiKey:
         if limit_micros is not None and limit_micros < 0:
             raise InvalidValue("a key's spend limit must not be negative")
-        async with self.transaction() as db, db.execute(sql.SET_KEY_LIMIT, (limit_micros, key_id)) as cur:
-            if cur.rowcount == 0:
+        async with self.transaction() as tx:
+            if await tx.execute(sql.SET_KEY_LIMIT, (limit_micros, key_id)) == 0:
                 raise KeyNotFound(key_id)
         return await self.get_api_key(key_id)
 

@@ -56,7 +56,7 @@ def _workspace(row: Sequence[Any]) -> Workspace:
 
 
 def _api_key(row: Sequence[Any]) -> ApiKey:
-    return ApiKey(*row[:7], _int(row[7]), int(row[8]))
+    return ApiKey(row[0], row[1], row[2], row[3], row[4], row[5], row[6], _int(row[7]), int(row[8]))
 
 
 def check_workspace_name(name: str) -> str:

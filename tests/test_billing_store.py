@@ -1,0 +1,107 @@
+"""The store's billing SQL on both backends (SQLite and a real PostgreSQL): holds under concurrency,
+settlement with the usage batch (idempotent), crash clean-up by owner, the ledger and reports."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from proxy.billing.holds import decide
+from proxy.store import Store
+from proxy.store.rows import HoldRequest, UsageRow
+from proxy.types import Secret
+
+PEPPER = Secret("pepper")
+MONTH = time.strftime("%Y-%m", time.gmtime())
+
+
+def hold(i: int, key_id: str, amount: int = 100_000, owner: str = "a") -> HoldRequest:
+    return HoldRequest(f"req-{i}", 1, key_id, amount, owner, MONTH)
+
+
+def final(h: HoldRequest, cost: int, started_at: float | None = None) -> UsageRow:
+    return UsageRow(h.request_id, started_at or time.time(), h.workspace_id, h.key_id, "cheap", "cheap/m", "up",
+                    "chat/completions", False, 200, "ok", 10, 5, 15, cost_micros=cost, hold_micros=h.amount_micros)
+
+
+async def test_a_balance_for_ten_holds_admits_ten_of_thirty_concurrent(store_url: str) -> None:
+    store = await Store.open(store_url)
+    try:
+        await store.create_workspace("acme")
+        key, _ = await store.create_api_key("acme", PEPPER)
+        await store.add_ledger_entry("acme", 1_050_000, "topup", "first credit", "ops")
+        holds = [hold(i, key.id) for i in range(30)]
+        # A second store on the same database: two gateways racing for one balance.
+        other = await Store.open(store_url)
+        try:
+            results = await asyncio.gather(*(
+                (store if i % 2 else other).take_hold(h, decide(h.amount_micros, "USD", MONTH))
+                for i, h in enumerate(holds)))
+        finally:
+            await other.close()
+        admitted = [h for h, refusal in zip(holds, results, strict=True) if refusal is None]
+        assert len(admitted) == 10
+        refused = [r for r in results if r is not None]
+        assert all(r.error.code == "insufficient_quota" for r in refused)
+        assert "1.050000 USD" in refused[0].error.message
+        account = await store.billing_account("acme")
+        assert (account.held_micros, account.credits_micros) == (1_000_000, 1_050_000)
+        assert await store.holds_of(1) == (10, 1_000_000)
+
+        rows = [final(h, 60_000) for h in admitted]
+        await store.write_usage([], rows)
+        await store.write_usage([], rows)  # finished twice: charged and released once
+        account = await store.billing_account("acme")
+        assert (account.held_micros, account.charges_micros, account.balance_micros) == (0, 600_000, 450_000)
+        assert (account.month, account.month_charges_micros) == (MONTH, 600_000)
+        assert await store.holds_of(1) == (0, 0)
+        assert (await store.get_api_key(key.id)).spent_micros == 600_000
+    finally:
+        await store.close()
+
+
+async def test_holds_cleared_by_owner_and_all(store_url: str) -> None:
+    store = await Store.open(store_url)
+    try:
+        await store.create_workspace("acme")
+        key, _ = await store.create_api_key("acme", PEPPER, spend_limit_micros=350_000)
+        await store.add_ledger_entry("acme", 10_000_000, "topup", "", "ops")
+        for i, owner in enumerate(("a", "a", "b")):
+            assert await store.take_hold(hold(i, key.id, owner=owner), decide(100_000, "USD", MONTH)) is None
+        refusal = await store.take_hold(hold(9, key.id), decide(100_000, "USD", MONTH))
+        assert refusal is not None and refusal.error.code == "key_limit_exceeded"  # 300 000 held of a 350 000 limit
+        assert await store.clear_holds("a") == 2
+        assert (await store.billing_account("acme")).held_micros == 100_000
+        assert await store.clear_holds(None) == 1
+        assert (await store.billing_account("acme")).held_micros == 0
+        assert await store.take_hold(hold(10, key.id), decide(200_000, "USD", MONTH)) is None
+    finally:
+        await store.close()
+
+
+async def test_budget_ledger_statement_and_export(store_url: str) -> None:
+    store = await Store.open(store_url)
+    try:
+        workspace = await store.create_workspace("acme")
+        key, _ = await store.create_api_key("acme", PEPPER)
+        await store.set_billing_mode("acme", "postpaid")
+        await store.set_budget("acme", 150_000)
+        h1, h2 = hold(1, key.id), hold(2, key.id)
+        assert await store.take_hold(h1, decide(100_000, "USD", MONTH)) is None  # postpaid: no balance needed
+        refusal = await store.take_hold(h2, decide(100_000, "USD", MONTH))
+        assert refusal is not None and refusal.error.code == "budget_exceeded"
+        await store.write_usage([], [final(h1, 70_000)])
+        entry = await store.add_ledger_entry("acme", -20_000, "adjustment", "goodwill reversal", "ops")
+        assert entry.id > 0 and entry.amount_micros == -20_000
+        assert [e.note for e in await store.ledger("acme")] == ["goodwill reversal"]
+        now = time.time()
+        lines = await store.statement_lines(workspace.id, now - 3600, now + 3600)
+        assert [tuple(int(v) if i > 1 else v for i, v in enumerate(line)) for line in lines] == \
+            [("cheap", "cheap/m", 1, 10, 0, 5, 0, 70_000)]
+        assert await store.balance_before(workspace.id, now + 3600) == (-20_000, 70_000)
+        exported = [row async for row in store.export_usage(workspace.id, now - 3600, now + 3600)]
+        assert [(r[1], int(r[11])) for r in exported] == [("req-1", 70_000)]
+        account = await store.billing_account("acme")
+        assert (account.mode, account.budget_micros, account.balance_micros) == ("postpaid", 150_000, -90_000)
+    finally:
+        await store.close()
