@@ -361,3 +361,37 @@ async def test_canary_sweep_no_operator_secret_reaches_any_answer(gateway: Any) 
     assert not leaks, leaks
     text = await scrape(gw.url, gw.session)
     assert sum(metric(text, "okm_secrets_masked_total", where=w) for w in ("body", "event", "header")) >= sent
+
+
+# --- what a Budget request may carry to a pooled account -----------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses", "/v1/embeddings"])
+async def test_budget_requests_reach_the_pool_with_allowed_fields_only(gateway: Any, path: str) -> None:
+    gw: Gateway = await gateway(pool=1, resale=1, byok=())
+    marker = "ident-canary-7731"
+    base: dict[str, Any] = {"/v1/chat/completions": {"messages": [{"role": "user", "content": "hi", "name": marker}]},
+                            "/v1/responses": {"input": "hi"}, "/v1/embeddings": {"input": "hi"}}[path]
+    body = {
+        "model": f"cheap/{MODEL}", **base,
+        "extra_body": {"user": marker, "metadata": {"m": marker}, "safety_identifier": marker,
+                       "prompt_cache_key": marker, "previous_response_id": marker},
+        "user_id": marker, "end_user": marker, "User": marker, "litellm_metadata": {"who": marker},
+        "client_metadata": {"installation_id": marker, "session_id": marker},  # what Codex sends
+        "metadata": {"m": marker}, "user": marker,
+    }
+    headers = {"OpenAI-Beta": f"assistants=v2 {gw.key}", "Accept": f"application/json, {marker}/x"}
+    answer = await gw.post(path, body, headers=headers)
+    assert answer.status == 200, answer.body[:300]
+    received = gw.pool[0].requests[0]
+    assert marker not in orjson.dumps(received.body).decode()
+    assert gw.key not in str(dict(received.headers)) and marker not in str(dict(received.headers))
+    assert set(received.body) <= {"model", "store", "messages", "input", "stream", "stream_options", "include"}
+
+
+@pytest.mark.parametrize("extra", [{"background": True}, {"prompt": {"id": "pmpt_abc", "version": "2"}}])
+async def test_budget_refuses_responses_that_need_stored_state(gateway: Any, extra: dict[str, Any]) -> None:
+    gw: Gateway = await gateway(pool=1, resale=1, byok=())
+    answer = await gw.post("/v1/responses", {"model": f"cheap/{MODEL}", "input": "hi", **extra})
+    assert answer.status == 400 and answer.error["code"] == "stateful_request_not_allowed"
+    assert answer.error["param"] == next(iter(extra)) and not gw.pool[0].requests

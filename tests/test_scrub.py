@@ -8,6 +8,7 @@ import pytest
 from multidict import CIMultiDict
 
 from proxy.errors import StatefulRequestNotAllowedError
+from proxy.lanes.budget_fields import BUDGET_FIELDS
 from proxy.lanes.scrub import (
     FORBIDDEN_FIELDS,
     SCHEMA_POSITIONS,
@@ -18,7 +19,7 @@ from proxy.lanes.scrub import (
     scrub_request_body,
     upstream_request_headers,
 )
-from proxy.types import Secret
+from proxy.types import Endpoint, Secret
 
 HOSTILE_CLIENT_HEADERS = [
     ("Host", "gateway.example"),
@@ -99,13 +100,14 @@ EMBEDDINGS_BODY = {"model": "emb", "input": ["a", "b"], "user": "u"}
 
 
 @pytest.mark.parametrize(
-    ("body", "expected"),
+    ("body", "endpoint", "expected"),
     [
         (
             CHAT_BODY,
+            "chat/completions",
             {
                 "model": "gpt-5.4",
-                "messages": [{"role": "user", "content": "hi", "name": "alice"}],
+                "messages": [{"role": "user", "content": "hi"}],  # messages[].name names a person
                 "stream": True,
                 "stream_options": {"include_usage": True},
                 "store": False,
@@ -114,24 +116,54 @@ EMBEDDINGS_BODY = {"model": "emb", "input": ["a", "b"], "user": "u"}
         ),
         (
             RESPONSES_BODY,
+            "responses",
             {
                 "model": "gpt-5.4",
                 "input": [{"role": "user", "content": "hi"}],
                 "instructions": "be brief",
-                "previous_response_id": None,
-                "conversation": None,
                 "store": False,
             },
         ),
-        (EMBEDDINGS_BODY, {"model": "emb", "input": ["a", "b"], "store": False}),
-        ({"model": "m", "store": False}, {"model": "m", "store": False}),
+        (EMBEDDINGS_BODY, "embeddings", {"model": "emb", "input": ["a", "b"]}),
+        ({"model": "m", "store": False}, "chat/completions", {"model": "m", "store": False}),
+        ({"model": "m", "store": True, "input": "x"}, "embeddings", {"model": "m", "input": "x"}),
     ],
-    ids=["chat", "responses", "embeddings", "already-clean"],
+    ids=["chat", "responses", "embeddings", "already-clean", "no-store-endpoint"],
 )
-def test_strict_body_scrub_drops_end_user_fields_and_forces_store_false(body, expected):
+def test_strict_body_scrub_keeps_only_allowed_fields_and_forces_store_false(body, endpoint, expected):
     original = copy.deepcopy(body)
-    assert scrub_request_body(body, strict=True) == expected
+    assert scrub_request_body(body, strict=True, endpoint=endpoint) == expected
     assert body == original  # input untouched
+
+
+IDENTIFYING = {
+    "user": "end-user-42", "user_id": "u-42", "end_user": "alice", "User": "alice", "metadata": {"k": "v"},
+    "litellm_metadata": {"user_api_key": "x"}, "client_metadata": {"installation_id": "inst-1"},
+    "safety_identifier": "h", "prompt_cache_key": "tenant", "prompt_cache_retention": "24h",
+    "extra_body": {"user": "alice", "metadata": {"a": 1}, "safety_identifier": "h", "prompt_cache_key": "k",
+                   "previous_response_id": "resp_1"},
+}
+
+
+@pytest.mark.parametrize("endpoint", sorted(BUDGET_FIELDS))
+def test_every_budget_endpoint_drops_every_identifier_at_any_spelling(endpoint):
+    sent = scrub_request_body({"model": "m", **IDENTIFYING}, strict=True, endpoint=endpoint)
+    assert set(sent) <= {"model", "store"} and set(sent) - {"model"} == ({"store"} if BUDGET_FIELDS[endpoint].has_store
+                                                                        else set())
+
+
+def test_every_endpoint_the_gateway_serves_has_a_budget_row():
+    assert {e.value for e in Endpoint} <= set(BUDGET_FIELDS)
+
+
+@pytest.mark.parametrize(("body", "field"), [({"background": True}, "background"),
+                                             ({"prompt": {"id": "pmpt_1", "version": "2"}}, "prompt")])
+def test_responses_fields_that_need_stored_state_are_refused(body, field):
+    with pytest.raises(StatefulRequestNotAllowedError) as info:
+        scrub_request_body({"model": "m", "input": "hi", **body}, strict=True, endpoint="responses")
+    assert info.value.param == field
+    assert scrub_request_body({"model": "m", "input": "hi", "background": False}, strict=True,
+                              endpoint="responses") == {"model": "m", "input": "hi", "store": False}
 
 
 @pytest.mark.parametrize("body", [CHAT_BODY, RESPONSES_BODY, {"previous_response_id": "resp_1"}])
@@ -153,7 +185,7 @@ def test_non_strict_body_is_returned_unchanged(body):
 )
 def test_stateful_fields_are_refused_on_strict_lane_naming_the_field(extra, field):
     with pytest.raises(StatefulRequestNotAllowedError) as info:
-        scrub_request_body({**RESPONSES_BODY, **extra}, strict=True)
+        scrub_request_body({**RESPONSES_BODY, **extra}, strict=True, endpoint="responses")
     err = info.value
     assert (err.status, err.code, err.param) == (400, "stateful_request_not_allowed", field)
     body = err.to_openai_body()["error"]
@@ -382,3 +414,21 @@ def test_mask_error_body_keeps_only_the_openai_fields_masked():
 )
 def test_mask_error_body_odd_shapes(body, expected_error):
     assert mask_error_body(body) == {"error": expected_error}
+
+
+@pytest.mark.parametrize("strict", [True, False])
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"Accept": "application/json"}, {"Accept": "application/json"}),
+        ({"accept": "text/event-stream;q=0.9, */*"}, {"Accept": "text/event-stream;q=0.9, */*"}),
+        ({"Accept": "application/okm-live-abc123"}, {}),
+        ({"Accept": "application/json; token=okm_abc"}, {}),
+        ({"OpenAI-Beta": "assistants=v2"}, {"OpenAI-Beta": "assistants=v2"}),
+        ({"OpenAI-Beta": "responses=v1, realtime=v1"}, {"OpenAI-Beta": "responses=v1, realtime=v1"}),
+        ({"OpenAI-Beta": "okm_live_workspacekey"}, {}),
+        ({"OpenAI-Beta": "x=sk-abc"}, {}),
+    ],
+)
+def test_accept_and_beta_headers_pass_only_plain_values(headers, expected, strict):
+    assert upstream_request_headers(headers, strict=strict) == expected

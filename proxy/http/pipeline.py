@@ -53,7 +53,7 @@ async def proxy_request(request: web.Request, endpoint: Endpoint) -> web.StreamR
         key = await app[appkeys.BYOK].key_for(runtime.master_keys, principal, route.provider or "")
     if runtime.config.billing.enabled:  # a 402 here: nothing has gone upstream
         await take_hold(app, runtime.config.billing, record, body.data, endpoint, len(raw))
-    data = scrub.scrub_request_body(body.data, strict=lane.scrub, sets_store=endpoint in (Endpoint.CHAT, Endpoint.RESPONSES))
+    data = scrub.scrub_request_body(body.data, strict=lane.scrub, endpoint=endpoint.value)
     if lane.scrub and endpoint is Endpoint.RESPONSES:
         data = replay.stateless_responses_body(data, route.model)
     spec = AttemptSpec(

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from proxy.errors import StatefulRequestNotAllowedError
+from proxy.lanes.budget_fields import budget_body
 from proxy.types import Secret
 
 # Names that would let a client retarget the upstream call or bring its own credentials. Beyond
@@ -47,8 +47,27 @@ _RESPONSE_TRANSPORT = frozenset(
 _UPSTREAM_REQUEST_ID = frozenset({"x-request-id", "request-id"})
 SHOULD_RETRY = "x-should-retry"  # the SDKs' retry hint: identifies nobody, forwarded on every lane
 
-_STATEFUL_FIELDS = ("previous_response_id", "conversation")
-_END_USER_FIELDS = frozenset({"user", "metadata", "safety_identifier", "prompt_cache_key"})
+# Header values that go upstream must look like what SDKs send, so no free text (a key, an id)
+# rides along: known media ranges for Accept, `feature=vN` opt-ins for OpenAI-Beta.
+_MEDIA_TYPES = frozenset({"*/*", "application/*", "application/json", "application/octet-stream", "text/*",
+                          "text/event-stream", "text/plain", "audio/*", "audio/mpeg", "image/*"})
+_MEDIA_PARAM = re.compile(r"q=(?:0(?:\.[0-9]{1,3})?|1(?:\.0{1,3})?)|charset=utf-8", re.IGNORECASE)
+_BETA_VALUE = re.compile(r"[a-z][a-z0-9_.-]{0,40}=v[0-9]{1,3}(?:\s*,\s*[a-z][a-z0-9_.-]{0,40}=v[0-9]{1,3}){0,7}",
+                         re.IGNORECASE)
+
+
+def _plain_accept(value: str) -> bool:
+    ranges = value.split(",")
+    if len(ranges) > 8:
+        return False
+    for item in ranges:
+        media, *params = (p.strip() for p in item.split(";"))
+        if media.lower() not in _MEDIA_TYPES or not all(_MEDIA_PARAM.fullmatch(p) for p in params):
+            return False
+    return True
+
+
+_HEADER_VALUES = MappingProxyType({"Accept": _plain_accept, "OpenAI-Beta": lambda v: bool(_BETA_VALUE.fullmatch(v))})
 
 # Provider account identifiers: an id needs 16+ chars, or 6+ with a digit, so words like
 # "user-friendly" survive. Keys also swallow '*' so a half-masked "sk-ab***xyz9" leaks no tail.
@@ -137,7 +156,8 @@ def _path_of(body: Any, path: str, exempt: set[int]) -> str | None:
 def upstream_request_headers(client_headers: Mapping[str, str], *, strict: bool) -> dict[str, str]:
     """Client headers that go upstream: an allow-list, nothing else.
 
-    Every lane: Accept, OpenAI-Beta (the SDK's feature opt-ins). Non-strict lanes also pass
+    Every lane: Accept (media ranges only), OpenAI-Beta (`feature=vN` opt-ins only; any other
+    value, which could carry a key or an id, drops the header). Non-strict lanes also pass
     Idempotency-Key; on the pool it is a client-chosen id that would follow the client across
     accounts. Content-Type and Authorization are set by the upstream client, never copied. All
     else is dropped: client IP headers (Forwarded, X-Forwarded-*, X-Real-IP), cookies, the
@@ -149,34 +169,27 @@ def upstream_request_headers(client_headers: Mapping[str, str], *, strict: bool)
     out: dict[str, str] = {}
     for name, value in client_headers.items():
         canonical = allowed.get(name.lower())
-        if canonical is not None:
+        if canonical is None:
+            continue
+        plain = _HEADER_VALUES.get(canonical)
+        if plain is None:
             out[canonical] = value
+        elif plain(value.strip()):
+            out[canonical] = value.strip()
     return out
 
 
-def scrub_request_body(body: dict[str, Any], *, strict: bool, sets_store: bool = True) -> dict[str, Any]:
+def scrub_request_body(body: dict[str, Any], *, strict: bool, endpoint: str = "chat/completions") -> dict[str, Any]:
     """The body to send upstream. Non-strict lanes: `body` itself, untouched.
 
-    Strict (Budget pool): refuse previous_response_id / conversation (they would pin a client
-    to one pooled account), drop the end-user identifiers, force "store": false where the
-    endpoint has a `store` parameter (`sets_store`; embeddings and legacy completions have none
-    and would reject it, so there a client's `store` is only dropped). Returns a new dict; the
-    input is not mutated.
+    Strict (Budget pool): the per-endpoint allow-list of proxy.lanes.budget_fields: stateful
+    fields (previous_response_id, conversation, ...) refused, everything not listed dropped,
+    "store" forced to false where the endpoint has it. Returns a new dict; the input is not
+    mutated.
     """
     if not strict:
         return body
-    for field in _STATEFUL_FIELDS:
-        if body.get(field) is not None:
-            raise StatefulRequestNotAllowedError(
-                f"'{field}' is not supported on cheap/* models: requests there may be served by "
-                "different pooled accounts that keep no state between calls. Send the full "
-                "conversation in the request instead, or use a resale/* model.",
-                param=field,
-            )
-    scrubbed = {k: v for k, v in body.items() if k not in _END_USER_FIELDS and k != "store"}
-    if sets_store:
-        scrubbed["store"] = False
-    return scrubbed
+    return budget_body(body, endpoint)
 
 
 def client_response_headers(upstream_headers: Mapping[str, str], *, strict: bool,
