@@ -395,3 +395,25 @@ async def test_budget_refuses_responses_that_need_stored_state(gateway: Any, ext
     answer = await gw.post("/v1/responses", {"model": f"cheap/{MODEL}", "input": "hi", **extra})
     assert answer.status == 400 and answer.error["code"] == "stateful_request_not_allowed"
     assert answer.error["param"] == next(iter(extra)) and not gw.pool[0].requests
+
+
+ACCOUNT_IDS = ("org_01hx7kq9m2n3p4q5r6s7t8v9w", "b3f1c2d4-5e6f-4a7b-8c9d-0e1f2a3b4c5d", "RTPO****…786a",
+               "xai-AbC1****wXyZ", "xai-0123456789abcdefABCDEF")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("lane", ["cheap", "resale"])
+async def test_non_openai_account_identifiers_are_masked_in_upstream_errors(gateway: Any, lane: str,
+                                                                            stream: bool) -> None:
+    gw: Gateway = await gateway(pool=1, resale=1, byok=())
+    fake = gw.pool[0] if lane == "cheap" else gw.resale[0]
+    message = (f"Organization {ACCOUNT_IDS[0]} (project {ACCOUNT_IDS[1]}) over quota; key gsk_{ACCOUNT_IDS[2]} "
+               f"and {ACCOUNT_IDS[3]}, {ACCOUNT_IDS[4]}")
+    error = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": "quota"}}
+    chunk = payloads.sse(payloads.chat_chunk(MODEL, {"content": "x"}))
+    fake.script(Stream((chunk, payloads.sse(error))) if stream else Reply(400, error))
+    answer = await gw.post("/v1/chat/completions", {"model": f"{lane}/{MODEL}", "messages": [{"role": "user",
+                           "content": "hi"}], "stream": stream})
+    assert answer.status == (200 if stream else 400)
+    assert b"over quota" in answer.body
+    assert not [i for i in ACCOUNT_IDS if i.encode() in answer.body], answer.body[-400:]

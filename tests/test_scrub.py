@@ -357,6 +357,13 @@ def test_anthropic_style_request_id_is_renamed_too():
         ("user-Ab12Cd34Ef56Gh78Ij90Kl12 is over quota", (), "user-*** is over quota"),
         ("billing account acct_1Q2w3E4r5T is past due", (), "billing account acct_*** is past due"),
         ("(org-abc123)", (), "(org-***)"),
+        ("Organization org_01hx7kq9m2n3p4q5r6s7t8v9w has hit its limit", (), "Organization org_*** has hit its limit"),
+        ("org b3f1c2d4-5e6f-4a7b-8c9d-0e1f2a3b4c5d over quota", (), "org *** over quota"),
+        ("Invalid API Key gsk_RTPO****…786a", (), "Invalid API Key gsk-***"),
+        ("Incorrect API key provided: xai-AbC1****wXyZ.", (), "Incorrect API key provided: xai-***."),
+        ("key xai-0123456789abcdefABCDEF rejected", (), "key xai-*** rejected"),
+        ("key AIzaSyA1b2C3d4E5f6G7h8I9j0KlMnOpQrStUv rejected", (), "key AIza*** rejected"),
+        ("model xai-grok and the task-runner", (), None),
         # ordinary words survive
         ("a user-friendly org-chart for risk-assessment12345 and task-runner", (), None),
         ("account pool-a failed", ("pool-a",), "account *** failed"),

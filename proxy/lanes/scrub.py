@@ -72,12 +72,20 @@ _HEADER_VALUES = MappingProxyType({"Accept": _plain_accept, "OpenAI-Beta": lambd
 # Provider account identifiers: an id needs 16+ chars, or 6+ with a digit, so words like
 # "user-friendly" survive. Keys also swallow '*' so a half-masked "sk-ab***xyz9" leaks no tail.
 _ID_BODY = r"(?:[A-Za-z0-9]{16,}|(?=[A-Za-z0-9]*[0-9])[A-Za-z0-9]{6,})(?![A-Za-z0-9])"
+# Key prefixes of OpenAI-compatible providers (OpenAI, Anthropic, Groq, xAI, Perplexity,
+# NVIDIA, Cerebras, OpenRouter, Fireworks, Together, DeepSeek-style sk-). The tail may be a
+# partial quote ("gsk_RTPO****…786a"), so it also swallows '*' and '…'; it needs a digit
+# or a mask character, so model names like "xai-grok" survive.
+_KEY_TAIL = r"(?=[A-Za-z0-9_*\u2026-]*[0-9*\u2026])[A-Za-z0-9_*\u2026-]{6,}"
 _IDENTIFIER_PATTERNS = (
-    (re.compile(r"\bsk-[A-Za-z0-9_*-]{8,}"), "sk-***"),
-    (re.compile(r"\borg-" + _ID_BODY), "org-***"),
+    (re.compile(r"\b(sk|gsk|xai|pplx|nvapi|csk|fw|tgp)[-_]" + _KEY_TAIL), r"\1-***"),
+    (re.compile(r"\bAIza[0-9A-Za-z_-]{20,}"), "AIza***"),  # Google API keys
+    (re.compile(r"\borg([-_])" + _ID_BODY), r"org\1***"),  # OpenAI org-…, Groq org_01…
     (re.compile(r"\bproj_" + _ID_BODY), "proj_***"),
     (re.compile(r"\buser-" + _ID_BODY), "user-***"),
     (re.compile(r"\bacct_" + _ID_BODY), "acct_***"),
+    # UUIDs (organization and project ids of several providers); none identifies anything a client needs
+    (re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"), "***"),
 )
 _MIN_LITERAL = 3  # shorter "secrets" identify nothing and would shred the message
 _ERROR_FIELDS = ("message", "type", "param", "code")
