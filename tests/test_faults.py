@@ -499,3 +499,36 @@ async def test_a_blocked_event_loop_is_not_blamed_on_the_upstream(gateway: Any) 
     assert resp.status == 200 and blocks(body)[-1] == b"data: [DONE]\n\n", body[-300:]
     assert b"upstream_timeout" not in body
     assert (await gw.usage_rows(1))[0]["outcome"] == "ok"
+
+
+# --- one request must not empty the pool ---------------------------------------------------------
+
+MODERATION_403 = openai_error("Your request was flagged by our moderation system.", type="invalid_request_error",
+                              code="content_policy_violation")
+
+
+async def test_a_content_refusal_403_is_the_requests_fault_not_the_accounts(gateway: Any) -> None:
+    gw = await gateway(pool=2, resale=1, byok=(), workspaces={"a": None, "b": None})
+    for fake in gw.pool:
+        fake.default = Reply(403, MODERATION_403)
+    answer = await gw.post("/v1/chat/completions", {"model": MODELS["cheap"], "messages": CHAT}, workspace="a")
+    for fake in gw.pool:
+        fake.default = Auto()
+    assert answer.status == 403 and "moderation" in answer.error["message"]
+    assert sum(len(f.requests) for f in gw.pool) == 1  # not retried: another account would refuse it too
+    text = await scrape(gw.url, gw.session)
+    assert [metric(text, "okm_pool_account_healthy", account=f"pool-{i}") for i in (0, 1)] == [1, 1]
+    answer = await gw.post("/v1/chat/completions", {"model": MODELS["cheap"], "messages": CHAT}, workspace="b")
+    assert answer.status == 200
+
+
+async def test_403s_take_out_no_more_than_the_ejection_cap(gateway: Any) -> None:
+    gw = await gateway(pool=2, resale=1, byok=(), workspaces={"a": None, "b": None})
+    for fake in gw.pool:
+        fake.script(Reply(403, openai_error("You are not allowed to use this model.", type="invalid_request_error")))
+    answer = await gw.post("/v1/chat/completions", {"model": MODELS["cheap"], "messages": CHAT}, workspace="a")
+    assert answer.status == 503 and answer.error["code"] == "no_healthy_upstream"
+    text = await scrape(gw.url, gw.session)
+    assert sum(metric(text, "okm_pool_account_healthy", account=f"pool-{i}") for i in (0, 1)) == 1
+    answer = await gw.post("/v1/chat/completions", {"model": MODELS["cheap"], "messages": CHAT}, workspace="b")
+    assert answer.status == 200  # another tenant is still served

@@ -306,3 +306,12 @@ def test_unknown_account_name_is_a_key_error(call):
     args = ("ghost", R.SUCCESS) if call == "report" else ("ghost",)
     with pytest.raises(KeyError, match="ghost"):
         getattr(pool, call)(*args)
+
+
+def test_auth_errors_obey_the_ejection_cap():
+    pool, _ = make_pool({"a": 1, "b": 1})  # default max_ejected_share 0.5: one of two may be out
+    pool.report("a", R.AUTH_ERROR)
+    pool.report("b", R.AUTH_ERROR)
+    assert [h.state for h in pool.snapshot()] == [AccountState.DISABLED, AccountState.HEALTHY]
+    pool.report("b", R.TIMEOUT)  # and a disabled account counts against ejections too
+    assert pool.is_healthy("b")

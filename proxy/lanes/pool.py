@@ -23,7 +23,7 @@ class AccountState(StrEnum):
     HEALTHY = "healthy"
     COOLING = "cooling"  # answered 429: out until its Retry-After (or the policy cool-down) passes
     EJECTED = "ejected"  # 5xx / connect error / timeout: out for a back-off that doubles per failure
-    DISABLED = "disabled"  # 401/403: out until a config reload builds a new Pool
+    DISABLED = "disabled"  # 401/403: out until a config reload builds a new Pool (within max_ejected_share)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +84,8 @@ class Pool:
     weight / (in_flight + 1) (Envoy's weighted least-request rule): idle accounts share traffic
     in proportion to their weights, and a busier account is picked less often. Callers call
     `begin` right after `choose` and `end` when the attempt is over, then `report` its result.
-    The max_ejected_share cap counts ejected accounts against the whole pool, not per model.
+    The max_ejected_share cap counts ejected and disabled (401/403) accounts against the whole
+    pool, not per model: no run of failures, auth errors included, takes out more than that share.
     A SUCCESS also ends an ejection (the account just answered) but never a 429 cool-down.
     """
 
@@ -145,7 +146,8 @@ class Pool:
         elif result is AttemptResult.RATE_LIMITED:
             tracker.cooling_until = now + self._cooldown(retry_after)
         elif result is AttemptResult.AUTH_ERROR:
-            tracker.disabled = True
+            if tracker.disabled or self._may_eject(tracker, now):  # a 401/403 obeys the ejection cap too
+                tracker.disabled = True
         elif result in _EJECTING:
             tracker.consecutive_failures += 1
             if self._may_eject(tracker, now):
@@ -191,6 +193,6 @@ class Pool:
         others = sum(
             1
             for t in self._trackers.values()
-            if t is not tracker and not t.disabled and t.ejected_until > now
+            if t is not tracker and (t.disabled or t.ejected_until > now)
         )
         return others + 1 <= self._policy.max_ejected_share * len(self._trackers) + 1e-9

@@ -7,6 +7,7 @@ first event has arrived) or in a classified failure. Retries stay inside the lan
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -160,8 +161,11 @@ async def _failure(reply: Reply, target: UpstreamTarget, spec: AttemptSpec) -> A
     except StreamBroken:
         raw = b""
     reply.close()
+    body = json_object(raw)
     if status == 429:
         result = AttemptResult.RATE_LIMITED
+    elif status == 403 and content_refusal(body):
+        result = AttemptResult.CLIENT_ERROR  # depends on this request's content, not on the account
     elif status in (401, 403):
         result = AttemptResult.AUTH_ERROR
     elif status >= 500 or status == 408 or status < 400:
@@ -177,7 +181,6 @@ async def _failure(reply: Reply, target: UpstreamTarget, spec: AttemptSpec) -> A
     if result is AttemptResult.AUTH_ERROR:
         error = errors.UpstreamError("the upstream refused the gateway's operator credentials")
         return AttemptFailed(result, error)
-    body = json_object(raw)
     if body is None or not isinstance(body.get("error"), dict):
         what = "a stream request with JSON" if status < 400 else f"HTTP {status} with a body that is not an OpenAI error"
         return AttemptFailed(result, errors.UpstreamError(f"the upstream answered {what}"), retry_after)
@@ -194,6 +197,24 @@ def _status_error(status: int, body: dict[str, Any], spec: AttemptSpec, retry_af
     if spec.mask is not None:
         body = scrub.mask_error_body(body, spec.mask)
     return errors.UpstreamStatusError(status, body, retry_after, passed_headers)
+
+
+# A 403 about the request's content (a moderation or safety refusal) rather than the account.
+_CONTENT_REFUSAL = re.compile(
+    r"moderation|content[ _-]?(?:policy|filter|management)|flagged|safety[ _-]?(?:system|filter|policy)"
+    r"|violat\w*\W+(?:our|the)\W+(?:usage\W+)?polic|harmful|unsafe[ _-]content",
+    re.IGNORECASE,
+)
+
+
+def content_refusal(body: dict[str, Any] | None) -> bool:
+    """An upstream 403 whose error says the content was refused: it must not count against the
+    account's health (one request could otherwise take accounts out), and goes to the client."""
+    error = body.get("error") if body is not None else None
+    if not isinstance(error, dict):
+        return False
+    text = " ".join(str(error.get(k) or "") for k in ("code", "type", "message"))[:4096]
+    return bool(_CONTENT_REFUSAL.search(text))
 
 
 def json_object(raw: bytes) -> dict[str, Any] | None:
