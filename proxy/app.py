@@ -12,6 +12,7 @@ from aiohttp import web
 
 from proxy import appkeys
 from proxy.admin.api import setup_admin_routes
+from proxy.admin.billing_api import setup_billing_routes
 from proxy.billing import holds
 from proxy.config import Config
 from proxy.http.admission import admission, close_when_draining
@@ -60,6 +61,7 @@ def build_app(config: Config, metrics: Metrics | None = None) -> web.Application
     app.cleanup_ctx.append(_upstream_ctx)
     add_routes(app)
     setup_admin_routes(app)
+    setup_billing_routes(app)
     if config.metrics_listen is None:
         app.router.add_get("/metrics", metrics_handler(app[appkeys.METRICS]))
     return app

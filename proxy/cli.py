@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from proxy import __version__
+from proxy.admin import billing_cli
 from proxy.admin import cli as admin_cli
 from proxy.config import load_config
 from proxy.errors import ConfigError
@@ -24,11 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", parents=[common], help="run the gateway")
     sub.add_parser("check-config", parents=[common], help="validate a config file and exit")
     admin_cli.register(sub, [common])
+    billing_cli.register(sub, [common])
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(billing_cli.rewrite_argv(sys.argv[1:] if argv is None else argv))
     path = Path(getattr(args, "config", DEFAULT_CONFIG))
     try:
         config = load_config(path)

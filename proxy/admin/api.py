@@ -15,6 +15,7 @@ from aiohttp import hdrs, web
 
 from proxy import appkeys
 from proxy.admin import ops as admin_ops
+from proxy.billing.money import AmountError, parse_amount
 from proxy.config import Config
 from proxy.errors import (
     AuthenticationError,
@@ -180,9 +181,15 @@ async def set_limits(request: web.Request) -> web.StreamResponse:
 
 
 async def create_key(request: web.Request) -> web.StreamResponse:
-    data = await _body(request, ("name",))
+    data = await _body(request, ("name", "limit"))
     name, workspace = _string(data, "name", required=False), request.match_info["name"]
-    api_key, key = await _store(request).create_api_key(workspace, _config(request.app).key_pepper, name)
+    limit = None
+    if data.get("limit") is not None:
+        try:
+            limit = parse_amount(data["limit"], what="limit", negative=False)
+        except AmountError as exc:
+            raise InvalidRequestError(str(exc), param="limit") from None
+    api_key, key = await _store(request).create_api_key(workspace, _config(request.app).key_pepper, name, limit)
     _changed(request)
     return _json({**admin_ops.key_json(api_key, workspace), "key": key.reveal()}, status=201)
 

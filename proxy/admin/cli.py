@@ -17,9 +17,10 @@ from typing import Any
 import orjson
 
 from proxy.admin import ops as admin_ops
+from proxy.billing.money import AmountError, format_amount, parse_amount
 from proxy.config import Config
 from proxy.store import Store
-from proxy.store.rows import KEEP, StoreError, Workspace
+from proxy.store.rows import KEEP, InvalidValue, StoreError, Workspace
 from proxy.workspaces.crypto import MasterKey, MasterKeyError
 
 Command = Callable[[argparse.Namespace, Config], Awaitable[int]]
@@ -114,12 +115,22 @@ async def workspace_limits(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def parse_limit_amount(text: str) -> int:
+    try:
+        return parse_amount(text, what="limit", negative=False)
+    except AmountError as exc:
+        raise InvalidValue(str(exc)) from None
+
+
 @_handled
 async def key_create(args: argparse.Namespace, config: Config) -> int:
+    limit = None if args.limit is None else parse_limit_amount(args.limit)
     async with _store(config) as store:
-        api_key, key = await store.create_api_key(args.workspace, config.key_pepper, args.name or "")
+        api_key, key = await store.create_api_key(args.workspace, config.key_pepper, args.name or "", limit)
     print(f"key id: {api_key.id}")
     print(f"key:    {key.reveal()}")
+    if limit is not None:
+        print(f"spend limit: {format_amount(limit)} {config.billing.currency}")
     print("Store the key now: it is shown only once and cannot be recovered.", file=sys.stderr)
     return 0
 
@@ -129,10 +140,12 @@ async def key_list(args: argparse.Namespace, config: Config) -> int:
     async with _store(config) as store:
         api_keys = await store.list_api_keys(args.workspace)
     rows = [
-        (k.id, k.name or "-", k.masked, _when(k.created_at), _when(k.last_used_at, "never"), _when(k.revoked_at, "no"))
+        (k.id, k.name or "-", k.masked, _when(k.created_at), _when(k.last_used_at, "never"), _when(k.revoked_at, "no"),
+         format_amount(k.spent_micros), "-" if k.spend_limit_micros is None else format_amount(k.spend_limit_micros))
         for k in api_keys
     ]
-    print(_table(("ID", "NAME", "KEY", "CREATED", "LAST USED", "REVOKED"), rows) if rows else "no keys")
+    headers = ("ID", "NAME", "KEY", "CREATED", "LAST USED", "REVOKED", "SPENT", "LIMIT")
+    print(_table(headers, rows) if rows else "no keys")
     return 0
 
 
@@ -222,6 +235,7 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     create = leaf(key, "create", key_create, "issue a key (printed once)")
     create.add_argument("workspace")
     create.add_argument("--name", default="", help="a label for the key, e.g. where it is used")
+    create.add_argument("--limit", metavar="AMOUNT", help="lifetime spend limit, e.g. 50.00 (402 key_limit_exceeded)")
     leaf(key, "list", key_list, "list a workspace's keys (never the keys themselves)").add_argument("workspace")
     leaf(key, "revoke", key_revoke, "revoke a key by id").add_argument("key_id")
 

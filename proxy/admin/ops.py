@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from proxy.billing.money import format_amount, money_json
 from proxy.config import Config
 from proxy.store import Store
 from proxy.store.rows import ApiKey, ByokKey, InvalidValue, UsageTotal, Workspace
@@ -58,6 +59,9 @@ def key_json(key: ApiKey, workspace: str) -> dict[str, Any]:
         "last_used_at": _unix(key.last_used_at),
         "revoked_at": _unix(key.revoked_at),
         "revoked": key.revoked,
+        **money_json(key.spent_micros, "spent"),
+        "spend_limit": None if key.spend_limit_micros is None else format_amount(key.spend_limit_micros),
+        "spend_limit_micros": key.spend_limit_micros,
     }
 
 
