@@ -34,6 +34,7 @@ class Listen:
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_body_bytes: int = 4 * 1024 * 1024
+    max_upload_bytes: int = 25 * 1024 * 1024  # multipart bodies (image edits, audio uploads)
     connect_timeout_s: float = 10.0
     first_byte_timeout_s: float = 120.0
     idle_timeout_s: float = 120.0

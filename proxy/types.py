@@ -16,10 +16,29 @@ class Lane(StrEnum):
 
 
 class Endpoint(StrEnum):
+    """The proxied POST endpoints, by their path under /v1/."""
+
     CHAT = "chat/completions"
     COMPLETIONS = "completions"
     RESPONSES = "responses"
     EMBEDDINGS = "embeddings"
+    INPUT_TOKENS = "responses/input_tokens"
+    MODERATIONS = "moderations"
+    IMAGES_GENERATIONS = "images/generations"
+    IMAGES_EDITS = "images/edits"
+    AUDIO_SPEECH = "audio/speech"
+    AUDIO_TRANSCRIPTIONS = "audio/transcriptions"
+    AUDIO_TRANSLATIONS = "audio/translations"
+
+
+# The rest of the stateless API: priced per request unless the answer reports tokens.
+MEDIA_ENDPOINTS = frozenset({Endpoint.INPUT_TOKENS, Endpoint.MODERATIONS, Endpoint.IMAGES_GENERATIONS,
+                             Endpoint.IMAGES_EDITS, Endpoint.AUDIO_SPEECH, Endpoint.AUDIO_TRANSCRIPTIONS,
+                             Endpoint.AUDIO_TRANSLATIONS})
+# Endpoints whose request is multipart/form-data (a file upload), not JSON.
+FORM_ENDPOINTS = frozenset({Endpoint.IMAGES_EDITS, Endpoint.AUDIO_TRANSCRIPTIONS, Endpoint.AUDIO_TRANSLATIONS})
+# Endpoints whose answer may be other than JSON (audio bytes; transcripts as text, SRT or VTT).
+BYTES_ENDPOINTS = frozenset({Endpoint.AUDIO_SPEECH, Endpoint.AUDIO_TRANSCRIPTIONS, Endpoint.AUDIO_TRANSLATIONS})
 
 
 class Outcome(StrEnum):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,20 @@ def _cli(config: Path, env: dict[str, str], *args: str, stdin: str | None = None
     done = subprocess.run([sys.executable, "-m", "proxy", *args, "--config", str(config)], cwd=ROOT, env=env,
                           input=stdin, capture_output=True, text=True, timeout=60, check=True)
     return done.stdout
+
+
+async def _the_rest_of_the_stateless_api(client: openai.AsyncOpenAI) -> None:
+    for lane in ("cheap", "resale", "byok/openai"):
+        moderation = await client.moderations.create(model=f"{lane}/omni-moderation-latest", input="hello")
+        assert moderation.results[0].flagged is False
+        image = await client.images.generate(model=f"{lane}/gpt-image-1", prompt="a red square")
+        assert base64.b64decode(image.data[0].b64_json or "").startswith(b"\x89PNG") and image.usage
+        speech = await client.audio.speech.create(model=f"{lane}/gpt-4o-mini-tts", voice="alloy", input="hi there")
+        audio = speech.read()
+        assert audio.startswith(b"RIFF") and len(audio) > 44
+        transcript = await client.audio.transcriptions.create(model=f"{lane}/gpt-4o-transcribe",
+                                                              file=("hi.wav", audio, "audio/wav"))
+        assert transcript.text.startswith("Hello from the OneKeyModels mock transcriber")
 
 
 async def test_default_config_serves_every_lane_offline(tmp_path: Path) -> None:
@@ -49,6 +64,7 @@ async def test_default_config_serves_every_lane_offline(tmp_path: Path) -> None:
         assert events[0] == "response.created" and events[-1] == "response.completed"
         vectors = await client.embeddings.create(model="cheap/text-embedding-3-small", input=["a", "b"])
         assert len(vectors.data) == 2 and len(vectors.data[0].embedding) == 8
+        await _the_rest_of_the_stateless_api(client)
     finally:
         gateway.stop()
     assert (tmp_path / "var" / "okm.sqlite3").exists()  # relative paths resolve against the config's folder

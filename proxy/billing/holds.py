@@ -28,6 +28,8 @@ from proxy.types import Endpoint, Price, RequestRecord
 INSTANCE_ENV = "OKM_INSTANCE_ID"  # set per worker slot by a supervisor; unset: this process is the only one
 OWNER: web.AppKey[str] = web.AppKey("billing_owner", str)
 MAX_OUTPUT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+# Endpoints whose answers carry no generated tokens: a hold covers their input (and request fee) only.
+NO_OUTPUT_ENDPOINTS = frozenset({Endpoint.EMBEDDINGS, Endpoint.MODERATIONS, Endpoint.INPUT_TOKENS})
 
 
 def instance_id() -> str | None:
@@ -41,7 +43,7 @@ def owner_name() -> str:
 
 def max_output_tokens(data: dict[str, Any], endpoint: Endpoint, price: Price, book: PriceBook) -> int:
     """The output a hold covers: the request's own cap (bounded by the model's), else the model's, else the default."""
-    if endpoint is Endpoint.EMBEDDINGS:
+    if endpoint in NO_OUTPUT_ENDPOINTS:
         return 0
     ceiling = price.max_output_tokens
     for name in MAX_OUTPUT_FIELDS:

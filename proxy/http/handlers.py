@@ -11,6 +11,7 @@ from aiohttp import web
 
 from proxy import appkeys, errors
 from proxy.http.pipeline import proxy_request
+from proxy.http.unsupported import add_stateful_routes
 from proxy.runtime import Runtime
 from proxy.types import Endpoint, Lane
 
@@ -80,5 +81,6 @@ def add_routes(app: web.Application) -> None:
         app.router.add_post(f"/v1/{endpoint.value}", endpoint_handler(endpoint))
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model:.+}", retrieve_model)
+    add_stateful_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -14,17 +14,17 @@ from aiohttp import web
 
 from proxy import appkeys, errors
 from proxy.billing.holds import take_hold
-from proxy.http.body import parse_body, read_body
+from proxy.http.client_request import read_client_request, upstream_request
 from proxy.http.limits import admit_stream, admit_workspace
-from proxy.lanes import replay, scrub
+from proxy.lanes import scrub
 from proxy.lanes.routing import resolve_route
 from proxy.lanes.targets import CheapLane
 from proxy.relay import metering
 from proxy.relay.attempt import Answer, AttemptFailed, AttemptSpec, attempt
 from proxy.relay.responses_stream import synthesize_response_events
-from proxy.relay.streaming import stream_answer, synthesized_stream
+from proxy.relay.streaming import relay_bytes, stream_answer, synthesized_stream
 from proxy.runtime import Runtime
-from proxy.types import AttemptResult, Endpoint, Lane, RequestRecord, Route, Usage
+from proxy.types import MEDIA_ENDPOINTS, AttemptResult, Endpoint, Lane, RequestRecord, Route, Usage
 
 RECORD: web.RequestKey[RequestRecord] = web.RequestKey("okm_record", RequestRecord)
 
@@ -36,8 +36,7 @@ async def proxy_request(request: web.Request, endpoint: Endpoint) -> web.StreamR
     record.principal = principal = await app[appkeys.AUTH].authenticate(request)
     admit_workspace(request, record)  # 429 before the body is read: slow, big and bad bodies cost their workspace
     limits = runtime.config.limits
-    raw = await read_body(request, limits.max_body_bytes, limits.client_body_timeout_s)
-    body = parse_body(raw, limits.max_json_containers)
+    body = await read_client_request(request, endpoint, limits)
     record.stream = body.stream
     forbidden = scrub.find_forbidden_field(body.data)
     if forbidden is not None:
@@ -52,13 +51,12 @@ async def proxy_request(request: web.Request, endpoint: Endpoint) -> web.StreamR
     if route.lane is Lane.BYOK:
         key = await app[appkeys.BYOK].key_for(runtime.master_keys, principal, route.provider or "")
     if runtime.config.billing.enabled:  # a 402 here: nothing has gone upstream
-        await take_hold(app, runtime.config.billing, record, body.data, endpoint, len(raw))
-    data = scrub.scrub_request_body(body.data, strict=lane.scrub, endpoint=endpoint.value)
-    if lane.scrub and endpoint is Endpoint.RESPONSES:
-        data = replay.stateless_responses_body(data, route.model)
+        await take_hold(app, runtime.config.billing, record, body.data, endpoint, body.prompt_bytes)
+    data, form = upstream_request(body, endpoint, strict=lane.scrub, model=route.model)
     spec = AttemptSpec(
         endpoint=endpoint,
         data=data,
+        form=form,
         headers=scrub.upstream_request_headers(request.headers, strict=lane.scrub),
         client_stream=body.stream,
         first_byte_timeout_s=limits.first_byte_timeout_s,
@@ -70,7 +68,7 @@ async def proxy_request(request: web.Request, endpoint: Endpoint) -> web.StreamR
         answer = await failover(app, runtime, lane, route, spec, key, record)
     except asyncio.CancelledError:
         if record.attempts:  # the client left while waiting, but the prompt went upstream: bill an estimate
-            record.usage = metering.estimate(len(raw))
+            record.usage = metering.estimate(body.prompt_bytes)
         raise
     try:
         try:
@@ -79,7 +77,7 @@ async def proxy_request(request: web.Request, endpoint: Endpoint) -> web.StreamR
             if answer.reply is not None:
                 answer.reply.close()  # the client left before the stream reached it: stop the upstream now
             raise
-        return await answer_client(request, answer, spec, record, len(raw))
+        return await answer_client(request, answer, spec, record, body.prompt_bytes)
     finally:
         lane.end(answer.target)
 
@@ -148,6 +146,8 @@ async def answer_client(request: web.Request, answer: Answer, spec: AttemptSpec,
                                             own_account=answer.target.byok_provider is not None)
     if answer.relay is not None:
         return await stream_answer(request, answer, headers, record, prompt_bytes)
+    if answer.raw:
+        return await relay_bytes(request, answer, headers, record)
     assert answer.body is not None
     parsed = answer.parsed
     if spec.client_stream and spec.endpoint is Endpoint.RESPONSES:
@@ -164,6 +164,14 @@ async def answer_client(request: web.Request, answer: Answer, spec: AttemptSpec,
 
 
 def _metered(answer: dict[str, Any] | None, endpoint: Endpoint, prompt_bytes: int) -> Usage:
-    """A JSON answer's usage; one without (or with unbelievable) usage is estimated and flagged."""
+    """A JSON answer's usage; one without (or with unbelievable) usage is estimated and flagged.
+
+    The media endpoints (moderations, images, audio, input-token counts) are the exception: an
+    answer without token counts there (a moderation, a count, whisper's duration) is no token
+    usage at all, so it costs only the per-request price, never an estimate."""
+    usage = (answer or {}).get("usage")
+    if endpoint in MEDIA_ENDPOINTS and not (isinstance(usage, dict) and
+                                            ("input_tokens" in usage or "output_tokens" in usage)):
+        return Usage()
     fallback = metering.estimate(prompt_bytes, metering.answer_output_estimate(answer, endpoint))
-    return metering.meter((answer or {}).get("usage"), endpoint, fallback)
+    return metering.meter(usage, endpoint, fallback)

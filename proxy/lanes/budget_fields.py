@@ -86,6 +86,11 @@ def budget_body(body: Mapping[str, Any], endpoint: str) -> dict[str, Any]:
     return out
 
 
+def budget_form_fields(endpoint: str) -> frozenset[str]:
+    """The form fields a multipart upload may carry to a pooled account (`model` always)."""
+    return BUDGET_FIELDS.get(endpoint, _NO_FIELDS).allowed | {"model"}
+
+
 def _has_identifier(message: Mapping[str, Any]) -> bool:
     return any(f in message for f in _MESSAGE_IDENTIFIERS)
 

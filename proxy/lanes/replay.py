@@ -31,6 +31,18 @@ _WHY = ("cheap/* requests are served by pooled accounts that never store anythin
 def stateless_responses_body(body: dict[str, Any], model: str) -> dict[str, Any]:
     """`body` (a Responses request on the Budget lane) ready for a pooled account: refused if it
     replays an item by reference; asks for encrypted reasoning where the model reasons."""
+    replays_reasoning = check_replayable(body)
+    if not (replays_reasoning or body.get("reasoning") is not None or _REASONING_MODEL.match(model)):
+        return body
+    include = body.get("include")
+    include = list(include) if isinstance(include, list) else []
+    if REASONING_INCLUDE in include:
+        return body
+    return {**body, "include": [*include, REASONING_INCLUDE]}
+
+
+def check_replayable(body: dict[str, Any]) -> bool:
+    """Refuse input items that only stored state could resolve; True if reasoning items are replayed."""
     items = body.get("input")
     items = items if isinstance(items, list) else []
     replays_reasoning = False
@@ -45,13 +57,7 @@ def stateless_responses_body(body: dict[str, Any], model: str) -> dict[str, Any]
             if not item.get("encrypted_content"):
                 raise _refusal(f"input[{index}] is a reasoning item ('{_short(item.get('id'))}') without "
                                "its encrypted_content", index)
-    if not (replays_reasoning or body.get("reasoning") is not None or _REASONING_MODEL.match(model)):
-        return body
-    include = body.get("include")
-    include = list(include) if isinstance(include, list) else []
-    if REASONING_INCLUDE in include:
-        return body
-    return {**body, "include": [*include, REASONING_INCLUDE]}
+    return replays_reasoning
 
 
 def is_item_not_found(message: str) -> bool:

@@ -17,15 +17,24 @@ import orjson
 from proxy import errors
 from proxy.lanes import replay, scrub
 from proxy.relay.events import StreamRelay
+from proxy.relay.multipart import FormBody
 from proxy.relay.sse import EventTooLarge
 from proxy.relay.upstream import Reply, StreamBroken, UpstreamClient, UpstreamFailure
-from proxy.types import AttemptResult, Endpoint, UpstreamTarget
+from proxy.types import BYTES_ENDPOINTS, AttemptResult, Endpoint, UpstreamTarget
 
 MAX_JSON_ANSWER_BYTES = 64 * 1024 * 1024
 MAX_ERROR_BODY_BYTES = 256 * 1024
 # Fields only valid with "stream": true; a non-stream upstream call that kept them would be refused
 # ("The 'stream_options' parameter is only allowed when 'stream' is enabled").
 STREAM_ONLY_FIELDS = ("stream_options",)
+JSON_CONTENT_TYPE = "application/json"
+# Typed streams (no [DONE]): the event types that end them.
+STREAM_END_TYPES = {
+    Endpoint.IMAGES_GENERATIONS: frozenset({"image_generation.completed"}),
+    Endpoint.IMAGES_EDITS: frozenset({"image_edit.completed"}),
+    Endpoint.AUDIO_TRANSCRIPTIONS: frozenset({"transcript.text.done"}),
+    Endpoint.AUDIO_SPEECH: frozenset({"speech.audio.done"}),
+}
 
 
 @dataclass(slots=True)
@@ -39,6 +48,7 @@ class Answer:
     chunks: AsyncIterator[bytes] | None = None  # ... its chunk iterator, already advanced
     first: bytes = b""  # ... and the events read before committing
     relay: StreamRelay | None = None
+    raw: bool = False  # a non-JSON answer (audio, text transcripts): `reply` is relayed byte for byte
 
 
 class AttemptFailed(Exception):
@@ -60,13 +70,16 @@ class AttemptSpec:
     first_byte_timeout_s: float
     max_event_bytes: int
     mask: tuple[str, ...] | None  # None: pass upstream errors unmasked (the tenant's own provider)
+    form: FormBody | None = None  # multipart endpoints: the (scrubbed) form instead of `data`
 
 
 def upstream_body(spec: AttemptSpec, target: UpstreamTarget) -> tuple[bytes, bool, bool]:
     """The body for one target, whether the upstream call streams, and whether to hide the usage chunk."""
+    stream = spec.client_stream
+    if spec.form is not None:
+        return spec.form.encode(target.model), stream, False
     data = dict(spec.data)
     data["model"] = target.model
-    stream = spec.client_stream
     hide_usage = False
     if stream and spec.endpoint is Endpoint.RESPONSES and not target.responses_stream:
         data["stream"] = False
@@ -88,8 +101,9 @@ async def attempt(client: UpstreamClient, spec: AttemptSpec, target: UpstreamTar
     # One first-byte budget for the attempt (headers and, for streams, the first event), never
     # past the request's own deadline.
     deadline = min(asyncio.get_running_loop().time() + spec.first_byte_timeout_s, request_deadline)
+    content_type = spec.form.content_type if spec.form is not None else JSON_CONTENT_TYPE
     try:
-        reply = await client.send(target, spec.endpoint, body, spec.headers, stream, deadline)
+        reply = await client.send(target, spec.endpoint, body, spec.headers, stream, deadline, content_type)
     except UpstreamFailure as exc:
         cls = errors.UpstreamTimeoutError if exc.result is AttemptResult.TIMEOUT else errors.UpstreamError
         raise AttemptFailed(exc.result, cls(f"upstream attempt failed: {exc.message}")) from exc
@@ -100,6 +114,8 @@ async def attempt(client: UpstreamClient, spec: AttemptSpec, target: UpstreamTar
             return await _first_events(reply, target, spec, hide_usage, deadline)
         if stream:
             raise await _failure(reply, target, spec)  # a JSON (error) answer to a stream request
+        if spec.endpoint in BYTES_ENDPOINTS and reply.content_type != JSON_CONTENT_TYPE:
+            return Answer(target, reply.status, reply.headers, reply=reply, raw=True)  # relayed as it arrives
         raw = await reply.read(MAX_JSON_ANSWER_BYTES)
     except StreamBroken as exc:
         reply.close()
@@ -120,7 +136,7 @@ async def attempt(client: UpstreamClient, spec: AttemptSpec, target: UpstreamTar
 async def _first_events(reply: Reply, target: UpstreamTarget, spec: AttemptSpec, hide_usage: bool,
                         deadline: float) -> Answer:
     relay = StreamRelay(spec.max_event_bytes, responses=spec.endpoint is Endpoint.RESPONSES, hide_usage_chunk=hide_usage,
-                        mask=spec.mask)
+                        mask=spec.mask, end_types=STREAM_END_TYPES.get(spec.endpoint, frozenset()))
     chunks = reply.chunks().__aiter__()
     first: list[bytes] = []
     try:

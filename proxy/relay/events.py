@@ -30,9 +30,10 @@ _RESPONSES_ERROR_FIELDS = ("type", "code", "message", "param", "sequence_number"
 
 class StreamRelay:
     def __init__(self, max_event_bytes: int, *, responses: bool, hide_usage_chunk: bool,
-                 mask: tuple[str, ...] | None = None) -> None:
+                 mask: tuple[str, ...] | None = None, end_types: frozenset[str] = frozenset()) -> None:
         self.decoder = sse.Decoder(max_event_bytes)
         self.responses = responses
+        self.end_types = end_types  # typed streams (images, audio): the event types that end them
         self.hide_usage_chunk = hide_usage_chunk
         self.mask = mask  # operator lanes: account identifiers to mask in upstream error events
         self.malformed = 0  # data events whose payload is neither a JSON object nor [DONE]
@@ -56,7 +57,7 @@ class StreamRelay:
             self.first_event_bytes = chunk.find(b"\n\n") + 2 if b"\n\n" in chunk else 0
         if not self.finished and b'"finish_reason"' in chunk:
             self.finished = _FINISH.search(chunk) is not None
-        if not self.responses and self.decoder.idle and chunk.startswith(b"data: "):
+        if not self.responses and not self.end_types and self.decoder.idle and chunk.startswith(b"data: "):
             cut = self._plain_prefix(chunk)
             if cut == len(chunk):
                 return chunk
@@ -119,7 +120,11 @@ class StreamRelay:
             self.malformed += 1
         if sse.is_terminal(event, self.responses):
             self.terminal = True
-        if self.responses:
+        if self.end_types:
+            usage = sse.typed_usage(event)
+            if sse.typed_event_type(event) in self.end_types:
+                self.terminal = True
+        elif self.responses:
             usage = sse.responses_usage(event)
         else:
             usage = sse.chat_usage(event)
@@ -141,7 +146,10 @@ class StreamRelay:
         return not self.terminal and self.usage is None and self.finished
 
     def final_usage(self, prompt_bytes: int) -> Usage:
-        """The metered usage: the upstream's own, else (e.g. the client left) an estimate, flagged."""
+        """The metered usage: the upstream's own, else (e.g. the client left) an estimate, flagged.
+        A typed stream (images, audio) without token counts has no token usage: its per-request price applies."""
+        if self.end_types and not (self.usage and ("input_tokens" in self.usage or "output_tokens" in self.usage)):
+            return Usage()
         fallback = metering.estimate(prompt_bytes, metering.stream_output_estimate(self.data_events, self.data_bytes,
                                                                                      self.first_event_bytes))
         endpoint = Endpoint.RESPONSES if self.responses else Endpoint.CHAT

@@ -1,5 +1,6 @@
-"""The built-in `mock` provider: answers chat, completions, responses and embeddings in the real
-OpenAI shapes, without any network, streaming in paced events with correct usage.
+"""The built-in `mock` provider: answers chat, completions, responses and embeddings (and, through
+mock_media, moderations, images, audio and input-token counts) in the real OpenAI shapes, without
+any network, streaming in paced events with correct usage.
 
 It exists so the default config works offline; it never sees a real key.
 """
@@ -17,13 +18,16 @@ from typing import Any
 
 import orjson
 
+from proxy.relay import mock_media as media
+from proxy.relay.multipart import FormBody, parse_form
 from proxy.relay.responses_stream import synthesize_response_events
 from proxy.relay.sse import format_event
-from proxy.types import Endpoint, UpstreamTarget
+from proxy.types import FORM_ENDPOINTS, Endpoint, UpstreamTarget
 
 EVENT_DELAY_S = 0.02
 _JSON = {"Content-Type": "application/json"}
 _SSE = {"Content-Type": "text/event-stream"}
+_MEDIA_JSON = frozenset({Endpoint.MODERATIONS, Endpoint.INPUT_TOKENS, Endpoint.IMAGES_GENERATIONS, Endpoint.AUDIO_SPEECH})
 
 
 class MockReply:
@@ -59,9 +63,14 @@ class MockProvider:
     def __init__(self, delay_s: float = EVENT_DELAY_S) -> None:
         self.delay_s = delay_s
 
-    def reply(self, target: UpstreamTarget, endpoint: Endpoint, body: bytes, stream: bool) -> MockReply:
+    def reply(self, target: UpstreamTarget, endpoint: Endpoint, body: bytes, stream: bool,
+              content_type: str = "application/json") -> MockReply:
+        if endpoint in FORM_ENDPOINTS:
+            return self._form_reply(endpoint, parse_form(body, content_type), stream)
         request = orjson.loads(body)
         model = target.model
+        if endpoint in _MEDIA_JSON:
+            return self._media_reply(endpoint, model, request, stream)
         if endpoint is Endpoint.EMBEDDINGS:
             return _json(_embeddings(model, request.get("input"), request.get("encoding_format")))
         prompt_text = _prompt_text(endpoint, request)
@@ -76,6 +85,38 @@ class MockProvider:
         if not stream:
             return _json(_completion(endpoint, model, answer, usage))
         return MockReply(200, _SSE, _completion_stream(endpoint, model, answer, usage, include_usage), self.delay_s)
+
+
+    def _media_reply(self, endpoint: Endpoint, model: str, request: dict[str, Any], stream: bool) -> MockReply:
+        if endpoint is Endpoint.MODERATIONS:
+            return _json(media.moderation(model, request.get("input")))
+        if endpoint is Endpoint.INPUT_TOKENS:
+            return _json(media.input_tokens(f"{_flatten(request.get('instructions'))} {_flatten(request.get('input'))}"))
+        text = _flatten(request.get("prompt") if endpoint is Endpoint.IMAGES_GENERATIONS else request.get("input"))
+        if endpoint is Endpoint.IMAGES_GENERATIONS:
+            if stream:
+                return MockReply(200, _SSE, media.image_events("generation", text), self.delay_s)
+            return _json(media.images(text, request.get("n")))
+        if stream:  # speech with stream_format: "sse"
+            return MockReply(200, _SSE, media.speech_events(text), self.delay_s)
+        wav = media.speech_wav(text)
+        return MockReply(200, {"Content-Type": "audio/wav"}, [wav[:44], wav[44:]], self.delay_s)
+
+    def _form_reply(self, endpoint: Endpoint, form: FormBody, stream: bool) -> MockReply:
+        if endpoint is Endpoint.IMAGES_EDITS:
+            prompt = form.text("prompt") or ""
+            if stream:
+                return MockReply(200, _SSE, media.image_events("edit", prompt), self.delay_s)
+            n = form.text("n") or "1"
+            return _json(media.images(prompt, int(n) if n.isdigit() else 1))
+        text = media.transcript_text(form)
+        if stream and endpoint is Endpoint.AUDIO_TRANSCRIPTIONS:
+            return MockReply(200, _SSE, media.transcript_events(text), self.delay_s)
+        if (form.text("response_format") or "json") in ("text", "srt", "vtt"):
+            return MockReply(200, {"Content-Type": "text/plain; charset=utf-8"}, [text.encode()], 0.0)
+        if endpoint is Endpoint.AUDIO_TRANSLATIONS:
+            return _json({"text": text})
+        return _json(media.transcription(text))
 
 
 def _json(obj: dict[str, Any]) -> MockReply:

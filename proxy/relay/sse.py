@@ -243,6 +243,24 @@ def responses_usage(event: Event) -> dict[str, Any] | None:
     return usage if isinstance(usage, dict) else None
 
 
+def typed_event_type(event: Event) -> str | None:
+    """The type of an event in a typed stream (images, audio): the `event:` field, else the JSON `type`."""
+    if event.event is not None:
+        return event.event
+    obj = _json_object(event)
+    kind = None if obj is None else obj.get("type")
+    return kind if isinstance(kind, str) else None
+
+
+def typed_usage(event: Event) -> dict[str, Any] | None:
+    """The raw "usage" of a typed stream's event (`image_generation.completed`, `transcript.text.done`, ...)."""
+    if not _USAGE_OBJECT.search(event.raw):
+        return None
+    obj = _json_object(event)
+    usage = None if obj is None else obj.get("usage")
+    return usage if isinstance(usage, dict) else None
+
+
 def error_payload(event: Event) -> dict[str, Any] | None:
     """The whole parsed payload of an in-band error: a chat-style `{"error": …}` or a Responses `event: error`."""
     if responses_event_type(event) == RESPONSES_ERROR:

@@ -131,3 +131,52 @@ async def synthesized_stream(request: web.Request, events: list[bytes], headers:
     except CLIENT_GONE:
         pass
     return response
+
+
+async def relay_bytes(request: web.Request, answer: Answer, headers: Mapping[str, str],
+                      record: RequestRecord) -> web.StreamResponse:
+    """A non-JSON answer (speech audio, a transcript as text) relayed chunk by chunk as it arrives.
+
+    Bytes have no in-band error: an upstream that breaks off mid-body gets the client's connection
+    aborted, so the truncation shows (no chunked-encoding end), never a short "complete" file.
+    """
+    reply = answer.reply
+    assert reply is not None
+    metrics = request.app[appkeys.METRICS]
+    response = GuardedStreamResponse(request.app[appkeys.STATE].runtime.guard, metrics, status=answer.status,
+                                     headers=headers)
+    response.headers[REQUEST_ID_HEADER] = record.request_id
+    clean = False
+    try:
+        await response.prepare(request)
+        record.status = answer.status
+        record.ttfb_s = time.monotonic() - record.t0
+        stall_s = request.app[appkeys.STATE].runtime.config.limits.client_stall_timeout_s
+        client = ClientWriter(response, request.transport, stall_s)
+        try:
+            async for chunk in reply.chunks():
+                await client.write(chunk)
+        except StreamBroken as exc:
+            record.outcome = Outcome.UPSTREAM_TIMEOUT if exc.timeout else Outcome.UPSTREAM_ERROR
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        clean = True
+        record.delivered = True
+        await response.write_eof()
+        return response
+    except (*CLIENT_GONE, ClientStalled):
+        if not record.delivered:
+            record.outcome = Outcome.CLIENT_CANCELLED
+            metrics.client_disconnects.labels("streaming").inc()
+        return web.Response(status=499)
+    except asyncio.CancelledError:
+        if not record.delivered:
+            record.outcome = Outcome.CLIENT_CANCELLED
+            metrics.client_disconnects.labels("streaming").inc()
+        raise
+    finally:
+        if clean:
+            reply.release()
+        else:
+            reply.close()

@@ -185,15 +185,15 @@ class UpstreamClient:
 
     async def send(
         self, target: UpstreamTarget, endpoint: Endpoint, body: bytes, headers: Mapping[str, str], stream: bool,
-        deadline: float | None = None,
+        deadline: float | None = None, content_type: str = "application/json",
     ) -> Reply:
         """Send one attempt and wait for the status line and headers, until `deadline` (loop time;
         default: the first-byte timeout from now)."""
         if target.kind == "mock":
-            return self.mock.reply(target, endpoint, body, stream)
+            return self.mock.reply(target, endpoint, body, stream, content_type)
         assert self._session is not None, "UpstreamClient.open() was not called"
         out = dict(headers)
-        out[hdrs.CONTENT_TYPE] = "application/json"
+        out[hdrs.CONTENT_TYPE] = content_type
         if target.api_key is not None:
             out[hdrs.AUTHORIZATION] = "Bearer " + target.api_key.reveal()
         if stream:

@@ -161,9 +161,34 @@ def openai_error(message: str, type: str = "invalid_request_error", code: str | 
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
+MEDIA_USAGE = {"input_tokens": 11, "output_tokens": 22, "total_tokens": 33,
+               "input_tokens_details": {"text_tokens": 11, "image_tokens": 0}}
+PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII=")
+
+
+def media_answer(path: str, model: str) -> JSON | None:
+    """OpenAI's answers for moderations, images, transcripts and input-token counts."""
+    if path.endswith("/moderations"):
+        return {"id": "modr-fake1", "model": model, "results": [
+            {"flagged": True, "categories": {"violence": True}, "category_scores": {"violence": 0.9}}]}
+    if path.endswith(("/images/generations", "/images/edits")):
+        return {"created": CREATED, "data": [{"b64_json": base64.b64encode(PNG).decode()}], "usage": MEDIA_USAGE}
+    if path.endswith("/audio/transcriptions"):
+        return {"text": "fake transcript", "usage": {"type": "tokens", "input_tokens": 14, "output_tokens": 3,
+                                                     "total_tokens": 17}}
+    if path.endswith("/audio/translations"):
+        return {"text": "fake translation"}
+    if path.endswith("/responses/input_tokens"):
+        return {"object": "response.input_tokens", "input_tokens": 42}
+    return None
+
+
 def default_answer(path: str, body: JSON) -> JSON:
     """The non-stream answer OpenAI would give for `body` at `path`."""
     model = str(body.get("model", "unknown"))
+    media = media_answer(path, model)
+    if media is not None:
+        return media
     if path.endswith("/chat/completions"):
         return chat_completion(model)
     if path.endswith("/completions"):
