@@ -14,6 +14,7 @@ import openai
 import orjson
 import pytest
 
+from proxy import appkeys
 from tests.conftest import MODEL, Gateway, pool_key, resale_key
 from tests.fakes import payloads
 from tests.fakes.upstream import End, FakeUpstream, Received, Reply, Stream
@@ -237,3 +238,38 @@ async def test_stateful_endpoints_are_a_clear_404(gateway: Any) -> None:
     ok = await gw.post("/v1/responses/input_tokens", {"model": f"resale/{MODEL}", "input": "hi"})
     assert ok.status == 200 and orjson.loads(ok.body)["input_tokens"] == 42
 
+
+
+# --- usage and cost ------------------------------------------------------------------------------------
+
+PRICED = {"enabled": True, "currency": "USD",
+          "prices": {"cheap/*": {"input": "1.00", "output": "4.00", "request": "0.001"}, "resale/*": {"input": "1.00"},
+                     "byok/*": {"request": "0.0002"}}}
+
+
+async def _costs(gw: Gateway, count: int) -> list[tuple[str, int, int, int, int]]:
+    await gw.usage_rows(count)
+    found = await gw.app[appkeys.STORE].fetchall(
+        "SELECT endpoint, prompt_tokens, completion_tokens, tokens_estimated, cost_micros FROM usage "
+        "ORDER BY started_at, rowid")
+    return [tuple(r) for r in found]  # type: ignore[misc]  # reason: rows of five columns
+
+
+async def test_cost_follows_the_usage_object_else_the_per_request_price(gateway: Any) -> None:
+    gw: Gateway = await gateway(pool=1, billing=PRICED)
+    await gw.app[appkeys.STORE].add_ledger_entry("ws", 30_000, "topup", "test credit", "test")
+    model = f"cheap/{MODEL}"
+    await gw.client.moderations.create(model=model, input="hello")
+    await gw.client.images.generate(model=model, prompt="a red square")
+    gw.pool[0].script(Stream((b"ID3" + b"\0" * 64,), content_type="audio/mpeg"))
+    (await gw.client.audio.speech.create(model=model, voice="alloy", input="hi")).read()
+    big = b"RIFF" + b"\0" * (2 * 1024 * 1024)  # 2 MiB of audio: its hold counts text fields, not the file
+    await gw.client.audio.transcriptions.create(model=model, file=("a.wav", big, "audio/wav"))
+    await gw.client.responses.input_tokens.count(model=model, input="count me")
+    assert await _costs(gw, 5) == [
+        ("moderations", 0, 0, 0, 1000),  # no usage object: the request price only, nothing estimated
+        ("images/generations", 11, 22, 0, 11 + 22 * 4 + 1000),
+        ("audio/speech", 0, 0, 0, 1000),
+        ("audio/transcriptions", 14, 3, 0, 14 + 3 * 4 + 1000),
+        ("responses/input_tokens", 0, 0, 0, 1000),
+    ]
