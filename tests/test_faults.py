@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import time
 import tracemalloc
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -532,3 +533,32 @@ async def test_403s_take_out_no_more_than_the_ejection_cap(gateway: Any) -> None
     assert sum(metric(text, "okm_pool_account_healthy", account=f"pool-{i}") for i in (0, 1)) == 1
     answer = await gw.post("/v1/chat/completions", {"model": MODELS["cheap"], "messages": CHAT}, workspace="b")
     assert answer.status == 200  # another tenant is still served
+
+
+# --- decompression bombs from upstreams ----------------------------------------------------------
+
+
+def gzip_bomb(head: bytes, padding: bytes, inflated: int = 32 << 20) -> bytes:
+    """A valid answer whose tail (`padding` repeated) inflates to `inflated` bytes."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    block = padding * ((1 << 20) // len(padding))
+    return packer.compress(head) + b"".join(packer.compress(block) for _ in range(inflated >> 20)) + packer.flush()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("lane", LANES)
+async def test_compressed_upstream_answers_are_refused_not_inflated(gateway: Any, lane: str, stream: bool) -> None:
+    gw = await gateway(pool=1, resale=1, byok=("openai",))
+    rig = Rig(gw, lane, tasks_now())
+    if stream:
+        bomb = gzip_bomb(b"".join(EVENTS), b": keep-alive\n\n")
+    else:
+        bomb = gzip_bomb(orjson.dumps(payloads.chat_completion(MODEL)), b" ")
+    content_type = "text/event-stream" if stream else "application/json"
+    rig.fake.script(Reply(200, bomb, headers={"Content-Encoding": "gzip", **CLOSE}, content_type=content_type))
+    answer = await rig.chat(stream=stream)
+    assert answer.status in (502, 503), answer.body[:300]
+    assert answer.error["code"] in ("upstream_error", "no_healthy_upstream")
+    assert rig.fake.requests[0].headers["Accept-Encoding"] == "identity"
+    assert len(answer.body) < 2000
+    await rig.settled()

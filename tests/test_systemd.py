@@ -66,6 +66,16 @@ def test_unit_is_hardened() -> None:
     assert not any("_KEY=" in v or "TOKEN=" in v for v in unit.get("Service.Environment", []))  # secrets: file only
 
 
+def test_unit_bounds_memory_above_what_the_documented_limits_need() -> None:
+    unit = unit_entries()
+    size = {"M": 1 << 20, "G": 1 << 30}
+    high, cap = (int(unit[k][0][:-1]) * size[unit[k][0][-1]] for k in ("Service.MemoryHigh", "Service.MemoryMax"))
+    # the doc's budget: ~200 MiB at rest, plus 100 bodies of the default 4 MiB and 8 JSON answers of 64 MiB in flight
+    assert (200 << 20) + 100 * (4 << 20) + 8 * (64 << 20) <= high < cap
+    assert unit["Service.MemorySwapMax"] == ["0"]
+    assert "MemoryMax" in (ROOT / "docs" / "robustness.md").read_text()
+
+
 def test_stop_timeout_leaves_room_for_the_drain() -> None:
     config = yaml.safe_load(PRODUCTION.read_text())
     drain = config["drain"]

@@ -166,7 +166,9 @@ class UpstreamClient:
         # DummyCookieJar: one session serves every tenant, so an upstream's Set-Cookie must never
         # be stored and replayed on someone else's request.
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=timeout, skip_auto_headers=(hdrs.USER_AGENT,), auto_decompress=True,
+            # auto_decompress=False: nothing from an upstream is ever inflated (a 1 MB gzip bomb
+            # would become the whole answer cap in memory); identity is asked, anything else refused.
+            connector=connector, timeout=timeout, skip_auto_headers=(hdrs.USER_AGENT,), auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
         )
 
@@ -196,8 +198,7 @@ class UpstreamClient:
         out[hdrs.CONTENT_TYPE] = content_type
         if target.api_key is not None:
             out[hdrs.AUTHORIZATION] = "Bearer " + target.api_key.reveal()
-        if stream:
-            out[hdrs.ACCEPT_ENCODING] = "identity"  # a compressed stream could not be relayed event by event
+        out[hdrs.ACCEPT_ENCODING] = "identity"  # see open(): encoded answers are refused, never inflated
         url = self._url(target.base_url, endpoint)
         try:
             if deadline is None:
@@ -212,4 +213,10 @@ class UpstreamClient:
             raise UpstreamFailure(AttemptResult.CONNECT_ERROR, "could not connect to the upstream") from exc
         except (aiohttp.ClientError, ConnectionError) as exc:
             raise UpstreamFailure(AttemptResult.CONNECT_ERROR, f"upstream connection failed: {type(exc).__name__}") from exc
+        encoding = resp.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            resp.close()
+            raise UpstreamFailure(
+                AttemptResult.SERVER_ERROR, f"the upstream sent a {encoding[:20]}-encoded answer although identity was asked"
+            )
         return HttpReply(resp, self.limits.idle_timeout_s)
