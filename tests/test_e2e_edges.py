@@ -55,7 +55,9 @@ async def test_stream_whose_first_event_is_an_error_gets_an_error_status(gateway
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_compressed_upstream_answers_reach_the_client_plain(gateway: Any, stream: bool) -> None:
+async def test_compressed_upstream_answers_are_refused_never_inflated(gateway: Any, stream: bool) -> None:
+    """The gateway asks for identity; an upstream that compresses anyway is failing (a gzip bomb
+    would otherwise be inflated in the gateway's memory): an upstream error, never relayed."""
     gw: Gateway = await gateway(resale=1)
     if stream:
         data = b"".join([*payloads.chat_events(MODEL), payloads.done()])
@@ -64,8 +66,9 @@ async def test_compressed_upstream_answers_reach_the_client_plain(gateway: Any, 
         data = orjson.dumps(payloads.chat_completion(MODEL))
         gw.resale[0].script(Reply(body=gzip.compress(data), headers={"Content-Encoding": "gzip"}))
     answer = await gw.post("/v1/chat/completions", {"model": f"resale/{MODEL}", "messages": CHAT, "stream": stream})
-    assert answer.status == 200 and answer.body == data
-    assert "Content-Encoding" not in answer.headers
+    assert answer.status == 502 and answer.error["code"] == "upstream_error"
+    assert "gzip" in answer.error["message"]
+    assert gw.resale[0].requests[0].headers["Accept-Encoding"] == "identity"
 
 
 async def test_oversize_event_mid_stream_is_an_inband_error(gateway: Any) -> None:
