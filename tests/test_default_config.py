@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import base64
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import openai
 
+from proxy.billing.money import parse_amount
 from proxy.workspaces.crypto import generate_master_key
 from tests.fakes.hostile import ROOT, GatewayProcess
 
@@ -48,6 +50,9 @@ async def test_default_config_serves_every_lane_offline(tmp_path: Path) -> None:
     _cli(config, env, "byok", "set", "demo", "openai", stdin="demo-offline-provider-key\n")
     key = next(line.split()[-1] for line in _cli(config, env, "key", "create", "demo").splitlines()
                if line.startswith("key:"))
+    for _ in range(2):  # scripts/serve's demo credit, as it grants it: once, whatever the re-runs
+        if '"note": "demo credit"' not in _cli(config, env, "billing", "ledger", "demo", "--json"):
+            _cli(config, env, "billing", "credit", "demo", "10.00", "--note", "demo credit")
     gateway = await GatewayProcess(config, env, tmp_path / "gateway.log").start()
     try:
         client = openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0)
@@ -68,3 +73,11 @@ async def test_default_config_serves_every_lane_offline(tmp_path: Path) -> None:
     finally:
         gateway.stop()
     assert (tmp_path / "var" / "okm.sqlite3").exists()  # relative paths resolve against the config's folder
+    balance = json.loads(_cli(config, env, "billing", "balance", "demo", "--json"))
+    assert balance["credits"] == "10.000000" and 0 < balance["charges_micros"] < 10_000_000
+    assert balance["held_micros"] == 0
+    exported = _cli(config, env, "usage", "export", "demo").splitlines()
+    assert exported[0].startswith("time,request_id,key_id,model,lane") and len(exported) == 1 + 6 + 3 * 4
+    costs = {line.split(",")[3]: parse_amount(line.split(",")[11]) for line in exported[1:]}
+    free = {"cheap/omni-moderation-latest", "resale/omni-moderation-latest"}  # priced at 0 in the demo book
+    assert all(cost > 0 for model, cost in costs.items() if model not in free) and costs.keys() >= free
