@@ -11,6 +11,7 @@ from proxy import __version__
 from proxy.admin import billing_cli
 from proxy.admin import cli as admin_cli
 from proxy.config import load_config
+from proxy.console import cli as console_cli
 from proxy.errors import ConfigError
 
 DEFAULT_CONFIG = "config/gateway.yaml"
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("check-config", parents=[common], help="validate a config file and exit")
     admin_cli.register(sub, [common])
     billing_cli.register(sub, [common])
+    console_cli.register(sub, [common])
     return parser
 
 

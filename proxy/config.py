@@ -110,6 +110,22 @@ class ByokProvider:
     responses_stream: bool = True
 
 
+SIGNUP_MODES = ("open", "invite", "closed")
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleConfig:
+    """The workspace console under /console/ (SPEC §9); off unless enabled."""
+
+    enabled: bool = False
+    signup: str = "invite"  # open | invite | closed
+    secure_cookies: str = "auto"  # auto (Secure when the request came over HTTPS) | always | never
+    session_idle_minutes: int = 60
+    session_max_hours: int = 168
+    topup_text: str = ""
+    public_url: str | None = None  # e.g. https://onekeymodels.com: quickstart base URL and CLI links
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     source: Path
@@ -136,6 +152,7 @@ class Config:
     byok_next_master_key: Secret | None = None  # during a rotation: also accepted for stored keys
     byok_next_master_key_env: str = "OKM_NEW_MASTER_KEY"
     billing: PriceBook = DISABLED
+    console: ConsoleConfig = ConsoleConfig()
 
     @property
     def store_path(self) -> Path:
@@ -232,7 +249,28 @@ def _build(root: Reader, source: Path, env: dict[str, str]) -> Config:
         byok_next_master_key=root.optional_secret_named(next_master_env),
         byok_next_master_key_env=next_master_env,
         billing=billing,
+        console=_console(root.section("console")),
     )
+
+
+def _console(r: Reader) -> ConsoleConfig:
+    secure = r.data.get("secure_cookies", "auto")
+    r.seen.add("secure_cookies")
+    if isinstance(secure, bool):
+        secure = "always" if secure else "never"
+    if secure not in ("auto", "always", "never"):
+        r.fail("secure_cookies", f"must be auto, true or false, got '{secure}'")
+    console = ConsoleConfig(
+        enabled=r.boolean("enabled", default=False),
+        signup=r.choice("signup", SIGNUP_MODES, default="invite"),
+        secure_cookies=secure,
+        session_idle_minutes=r.integer("session_idle_minutes", default=60, minimum=1),
+        session_max_hours=r.integer("session_max_hours", default=168, minimum=1),
+        topup_text=r.string("topup_text") if r.has("topup_text") else "",
+        public_url=r.url("public_url") if r.has("public_url") else None,
+    )
+    r.reject_unknown()
+    return console
 
 
 def _listen(r: Reader, default: Listen | None) -> Listen:

@@ -198,7 +198,8 @@ GatewayFactory = Callable[..., Awaitable[Gateway]]
 @pytest.fixture
 async def gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
     """`await gateway(pool=2, resale=1, byok=("openai", "acme"), workspaces=..., limits=..., pool_weights=...,
-    billing=...)` (billing: the config's `billing:` section)."""
+    billing=..., extra={"console": {...}})` (billing: the config's `billing:` section; extra: more top-level
+    config sections)."""
     stack = contextlib.AsyncExitStack()
 
     async def fake(name: str) -> FakeUpstream:
@@ -209,13 +210,15 @@ async def gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
     async def make(*, pool: int = 2, resale: int = 1, byok: tuple[str, ...] = ("openai", "acme"),
                    workspaces: Mapping[str, Mapping[str, str] | None] = DEFAULT_WORKSPACES,
                    limits: Mapping[str, Any] | None = None, pool_policy: Mapping[str, Any] | None = None,
-                   pool_weights: tuple[float, ...] = (), billing: Mapping[str, Any] | None = None) -> Gateway:
+                   pool_weights: tuple[float, ...] = (), billing: Mapping[str, Any] | None = None,
+                   extra: Mapping[str, Any] | None = None) -> Gateway:
         pool_fakes = [await fake(f"pool-{i}") for i in range(pool)]
         resale_fakes = [await fake(f"resale-{i}") for i in range(resale)]
         nostream = await fake("cheapai")
         byok_fakes = {name: await fake(f"byok-{name}") for name in byok}
         raw, env = _config(tmp_path, pool_fakes, pool_weights, resale_fakes, nostream, byok_fakes, limits or {},
                            pool_policy or {}, billing)
+        raw.update(extra or {})  # further top-level config sections, e.g. console
         path = tmp_path / "gateway.yaml"
         path.write_text(yaml.safe_dump(raw), encoding="utf-8")
         config = load_config(path, environ=env)

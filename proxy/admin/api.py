@@ -135,8 +135,10 @@ def _changed(request: web.Request) -> None:
 
 
 async def list_workspaces(request: web.Request) -> web.StreamResponse:
-    workspaces = await _store(request).list_workspaces()
-    return _json({"object": "list", "data": [admin_ops.workspace_json(w) for w in workspaces]})
+    store = _store(request)
+    workspaces, requests = await store.list_workspaces(), await store.console.byok_requests()
+    data = [admin_ops.workspace_json(w, byok_requested_at=requests.get(w.id)) for w in workspaces]
+    return _json({"object": "list", "data": data})
 
 
 async def create_workspace(request: web.Request) -> web.StreamResponse:
@@ -149,7 +151,8 @@ async def create_workspace(request: web.Request) -> web.StreamResponse:
 async def get_workspace(request: web.Request) -> web.StreamResponse:
     store = _store(request)
     workspace = await store.get_workspace(request.match_info["name"])
-    return _json(admin_ops.workspace_json(workspace, await store.list_byok_providers(workspace.id)))
+    requested = (await store.console.byok_requests([workspace.id])).get(workspace.id)
+    return _json(admin_ops.workspace_json(workspace, await store.list_byok_providers(workspace.id), requested))
 
 
 def _flag_handler(method: str, *args: Any) -> Handler:

@@ -75,9 +75,10 @@ async def workspace_create(args: argparse.Namespace, config: Config) -> int:
 @_handled
 async def workspace_list(args: argparse.Namespace, config: Config) -> int:
     async with _store(config) as store:
-        workspaces = await store.list_workspaces()
+        workspaces, requests = await store.list_workspaces(), await store.console.byok_requests()
     rows = [
-        (w.name, "disabled" if w.disabled else "enabled", "on" if w.byok_enabled else "off",
+        (w.name, "disabled" if w.disabled else "enabled",
+         "on" if w.byok_enabled else ("requested" if w.id in requests else "off"),
          w.rpm_limit or "default", w.stream_limit or "default", _when(w.created_at))
         for w in workspaces
     ]

@@ -32,7 +32,8 @@ def _unix(ts: float | None) -> int | None:
     return None if ts is None else int(ts)
 
 
-def workspace_json(ws: Workspace, byok_providers: list[str] | None = None) -> dict[str, Any]:
+def workspace_json(ws: Workspace, byok_providers: list[str] | None = None,
+                   byok_requested_at: float | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "object": "workspace",
         "id": ws.id,
@@ -42,6 +43,7 @@ def workspace_json(ws: Workspace, byok_providers: list[str] | None = None) -> di
         "byok_enabled": ws.byok_enabled,
         "rpm_limit": ws.rpm_limit,
         "stream_limit": ws.stream_limit,
+        "byok_requested_at": _unix(byok_requested_at),  # asked for in the console (limited rollout)
     }
     if byok_providers is not None:
         out["byok_providers"] = byok_providers
@@ -104,7 +106,8 @@ async def set_byok_key(store: Store, config: Config, workspace: str, provider: s
     key = check_provider_key(provider, plaintext)
     ws = await store.get_workspace(workspace)
     master = current_master_key(config)
-    await store.put_byok_key(ws.id, provider, encrypt_provider_key(master, ws.id, provider, key), master.key_id)
+    blob = encrypt_provider_key(master, ws.id, provider, key)
+    await store.put_byok_key(ws.id, provider, blob, master.key_id, last4=key[-4:])
     return ws
 
 

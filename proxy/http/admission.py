@@ -46,6 +46,6 @@ async def admission(request: web.Request, handler: Handler) -> web.StreamRespons
 async def close_when_draining(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare hook: during a drain every answer (errors included) ends its connection,
     so the client's next request opens a new one, to a listener that is still open."""
-    if request.app[appkeys.STATE].draining:
+    if request.config_dict[appkeys.STATE].draining:  # config_dict: sub-apps (the console) too
         response.force_close()
         response.headers[hdrs.CONNECTION] = "close"

@@ -208,3 +208,50 @@ class HoldRequest:
     amount_micros: int
     owner: str
     month: str  # the current month, YYYY-MM (UTC)
+
+
+class AccountError(StoreError):
+    """A console account operation the store refuses (message says why, for the person)."""
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: int
+    email: str
+    password_hash: str = field(repr=False)
+    created_at: float
+    disabled: bool
+    current_workspace_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """A user's role in one workspace, with the workspace's name."""
+
+    user_id: int
+    workspace_id: int
+    workspace: str
+    role: str  # owner | member
+    email: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRow:
+    id: int
+    user_id: int
+    created_at: float
+    last_seen_at: float
+    user_agent: str
+
+
+@dataclass(frozen=True, slots=True)
+class AccountLink:
+    """A one-time invitation or password-reset link (its token is never stored)."""
+
+    kind: str  # invite | reset
+    email: str
+    workspace_id: int | None
+    role: str | None
+    created_at: float
+    expires_at: float
+    used_at: float | None

@@ -157,3 +157,61 @@ CREATE TRIGGER api_keys_update_limit_auth AFTER UPDATE OF spend_limit_micros ON 
 BEGIN
     UPDATE meta SET value = value + 1 WHERE name = 'auth_version';
 END;
+
+-- migration 3: console accounts: users, memberships, sessions, one-time links, login failures, BYOK access requests
+CREATE TABLE users (
+    id INTEGER PRIMARY KEY,
+    email TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    disabled_at REAL,
+    current_workspace_id INTEGER REFERENCES workspaces (id)
+);
+
+CREATE TABLE memberships (
+    user_id INTEGER NOT NULL REFERENCES users (id),
+    workspace_id INTEGER NOT NULL REFERENCES workspaces (id),
+    role TEXT NOT NULL CHECK (role IN ('owner', 'member')),
+    created_at REAL NOT NULL,
+    PRIMARY KEY (user_id, workspace_id)
+);
+CREATE INDEX memberships_by_workspace ON memberships (workspace_id);
+
+-- Only a SHA-256 of each session token is kept; expiry is judged from the two times.
+CREATE TABLE sessions (
+    id INTEGER PRIMARY KEY,
+    token_hash BLOB NOT NULL UNIQUE,
+    user_id INTEGER NOT NULL REFERENCES users (id),
+    created_at REAL NOT NULL,
+    last_seen_at REAL NOT NULL,
+    user_agent TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX sessions_by_user ON sessions (user_id);
+
+-- One-time invitation and password-reset links (hashed token, 7-day expiry, single use).
+CREATE TABLE account_links (
+    token_hash BLOB PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('invite', 'reset')),
+    email TEXT NOT NULL,
+    workspace_id INTEGER REFERENCES workspaces (id),
+    role TEXT CHECK (role IS NULL OR role IN ('owner', 'member')),
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    used_at REAL
+);
+
+CREATE TABLE login_failures (
+    subject TEXT NOT NULL,
+    failed_at REAL NOT NULL
+);
+CREATE INDEX login_failures_by_subject ON login_failures (subject, failed_at);
+
+CREATE TABLE byok_access_requests (
+    workspace_id INTEGER PRIMARY KEY REFERENCES workspaces (id),
+    requested_at REAL NOT NULL,
+    requested_by INTEGER REFERENCES users (id)
+);
+
+ALTER TABLE byok_keys ADD COLUMN last4 TEXT;
+
+CREATE INDEX usage_by_workspace_key ON usage (workspace_id, key_id);

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from proxy.store import usage_sql as usage_store
+from proxy.store.accounts_sql import Accounts
 from proxy.store.billing_store import BillingStore
+from proxy.store.console_sql import ConsoleReads
 from proxy.store.db import Database, Params, Row, Tx
 from proxy.store.migrations import Migration, load_migrations
 from proxy.store.postgres import PgDatabase
@@ -93,6 +95,8 @@ class Store(BillingStore):
         self.db = db
         self.url = url
         self.path: Path | None = url.path  # the SQLite file; None on PostgreSQL
+        self.accounts = Accounts(self)  # console users, memberships, sessions, links
+        self.console = ConsoleReads(self)  # the console pages' reads, BYOK hints and requests
 
     @property
     def kind(self) -> str:
@@ -261,13 +265,16 @@ class Store(BillingStore):
 
     # --- BYOK keys (ciphertext only) ---------------------------------------------------------
 
-    async def put_byok_key(self, workspace_id: int, provider: str, blob: bytes, key_id: str) -> None:
+    async def put_byok_key(self, workspace_id: int, provider: str, blob: bytes, key_id: str,
+                           last4: str | None = None) -> None:
+        """Store (or replace) a sealed key; `last4` is the only plaintext kept, for recognition."""
         async with self.transaction() as db:
             await db.execute(
-                "INSERT INTO byok_keys (workspace_id, provider, ciphertext, master_key_id, updated_at) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (workspace_id, provider) DO UPDATE SET "
-                "ciphertext = excluded.ciphertext, master_key_id = excluded.master_key_id, updated_at = excluded.updated_at",
-                (workspace_id, provider, blob, key_id, time.time()),
+                "INSERT INTO byok_keys (workspace_id, provider, ciphertext, master_key_id, updated_at, last4) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (workspace_id, provider) DO UPDATE SET "
+                "ciphertext = excluded.ciphertext, master_key_id = excluded.master_key_id, "
+                "updated_at = excluded.updated_at, last4 = excluded.last4",
+                (workspace_id, provider, blob, key_id, time.time(), last4),
             )
 
     async def get_byok_key(self, workspace_id: int, provider: str) -> bytes | None:

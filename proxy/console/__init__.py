@@ -1,0 +1,1 @@
+"""The workspace console (SPEC §9): server-rendered pages under /console/ for customers."""
