@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import csv
 import time
+from pathlib import Path
 
 import openai
 import pytest
 
+from proxy.console.usage_page import CSV_COLUMNS
 from tests.browser_support import browser  # noqa: F401  # reason: pytest fixture
+from proxy import appkeys
 from tests.conftest import MODEL
 from tests.console_support import PASSWORD, console_gateway
 
@@ -62,6 +66,20 @@ async def test_new_customer_journey(gateway, browser):  # noqa: F811  # reason: 
         await page.click("nav.tabs >> text=Overview")
         assert "First request received" in await _reload_until(page, "#first-request", "First request received")
 
+        await page.click("nav.tabs >> text=Usage")
+        latest = await _reload_until(page, "main", f"cheap/{MODEL}")
+        assert f"cheap/{MODEL}" in latest
+        row = (await gw.usage_rows(1))[-1]
+        assert row["request_id"] in latest
+        async with page.expect_download() as download_info:
+            await page.click("#csv-link")
+        download = await download_info.value
+        lines = Path(await download.path()).read_text().splitlines()
+        assert lines[0] == ",".join(CSV_COLUMNS)
+        record = dict(zip(CSV_COLUMNS, next(csv.reader([lines[-1]])), strict=True))
+        assert record["request_id"] == row["request_id"] and record["model"] == f"cheap/{MODEL}"
+        assert record["status"] == "200" and int(record["input_tokens"]) == row["prompt_tokens"]
+
         await page.click("nav.tabs >> text=API keys")
         await page.click("button.danger")
         await page.wait_for_selector("tr.revoked")
@@ -90,3 +108,83 @@ async def test_the_console_works_without_javascript(gateway, browser, javascript
     assert (await page.inner_text("#new-key")).startswith("okm_")
     assert not await page.is_visible("button[data-copy=new-key]")  # the copy button needs JavaScript
     await context.close()
+
+
+async def test_byok_request_access_then_set_replace_remove(gateway, browser):  # noqa: F811  # reason: fixture
+    gw = await console_gateway(gateway)
+    context, page, _ = await _new_page(browser, gw)
+    await _sign_up(page, "owner@example.com", "byoker")
+    await page.click("nav.tabs >> text=BYOK")
+    assert "Limited rollout" in await page.inner_text("#byok-rollout")
+    await page.click("text=Request access")
+    assert "Access requested" in await page.inner_text("#byok-rollout")
+    async with gw.session.get(gw.url + "/admin/workspaces", headers={"Authorization": "Bearer admin-test-token"}) as r:
+        listed = {w["name"]: w for w in (await r.json())["data"]}
+    assert listed["byoker"]["byok_requested_at"] and not listed["byoker"]["byok_enabled"]
+
+    await gw.app[appkeys.STORE].set_byok_enabled("byoker", True)  # the operator enables it
+    await page.reload()
+    secret, replacement = "sk-tenant-first-secret-1111", "sk-tenant-second-secret-2222"
+    await page.fill("#byok-openai input[name=key]", secret)
+    await page.click("#byok-openai button:has-text('Save')")
+    assert "…1111" in await page.inner_text("#byok-openai .hint")
+    await page.fill("#byok-openai input[name=key]", replacement)
+    await page.click("#byok-openai button:has-text('Replace')")
+    assert "…2222" in await page.inner_text("#byok-openai .hint")
+    for path in ("byok", "", "keys", "usage", "members"):
+        html = await (await page.goto(f"/console/w/byoker/{path}")).text()
+        assert secret not in html and replacement not in html and "tenant-second" not in html
+
+    _, key = await gw.app[appkeys.STORE].create_api_key("byoker", gw.config.key_pepper)
+    sdk = openai.AsyncOpenAI(base_url=gw.base_url, api_key=key.reveal(), max_retries=0, timeout=10)
+    try:
+        await sdk.chat.completions.create(model=f"byok/openai/{MODEL}", messages=[{"role": "user", "content": "hi"}])
+        assert gw.byok["openai"].requests[-1].headers["Authorization"] == f"Bearer {replacement}"
+        await page.goto("/console/w/byoker/byok")
+        await page.click("#byok-openai button:has-text('Remove')")
+        assert "not set" in await page.inner_text("#byok-openai .hint")
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                await sdk.chat.completions.create(model=f"byok/openai/{MODEL}", messages=[{"role": "user", "content": "x"}])
+            except openai.BadRequestError as exc:
+                assert exc.code == "byok_key_not_configured"
+                break
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+    finally:
+        await sdk.close()
+    await context.close()
+
+
+async def test_members_invite_accepted_in_a_second_browser(gateway, browser):  # noqa: F811  # reason: fixture
+    gw = await console_gateway(gateway)
+    owner_ctx, owner, _ = await _new_page(browser, gw)
+    await _sign_up(owner, "owner@example.com", "team")
+    await owner.click("nav.tabs >> text=Members")
+    await owner.fill("input[name=email]", "Colleague@Example.com")
+    await owner.click("text=Create invitation")
+    link = (await owner.inner_text("#invite-link")).strip()
+    assert "/console/invite/" in link
+
+    guest_ctx, guest, _ = await _new_page(browser, gw)
+    await guest.goto(link)
+    assert "colleague@example.com" in await guest.inner_text("main")
+    await guest.fill("input[name=password]", PASSWORD)
+    await guest.click("text=Create account and join")
+    await guest.wait_for_url("**/console/w/team/")
+    await guest.click("nav.tabs >> text=Members")
+    assert "Create invitation" not in await guest.inner_text("main")  # members do not manage members
+
+    await owner.reload()
+    assert "colleague@example.com" in await owner.inner_text("#members")
+    await owner.click("#members tr:has-text('colleague') button:has-text('Make owner')")
+    assert "owner" in await owner.inner_text("#members tr:has-text('colleague')")
+    await owner.click("#members tr:has-text('colleague') button:has-text('Remove')")
+    assert "colleague" not in await owner.inner_text("#members")
+    response = await guest.goto("/console/w/team/")
+    assert response.status == 404  # no longer a member
+    again = await guest.goto(link)
+    assert again.status == 404  # the link worked once
+    await owner_ctx.close()
+    await guest_ctx.close()

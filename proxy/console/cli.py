@@ -12,9 +12,9 @@ from contextlib import asynccontextmanager
 
 from proxy.config import Config
 from proxy.console.links import console_base, create_link
+from proxy.store import Store
 from proxy.store.accounts_sql import ROLES, check_email
 from proxy.store.rows import StoreError
-from proxy.store import Store
 
 Command = Callable[[argparse.Namespace, Config], Awaitable[int]]
 

@@ -38,6 +38,11 @@ def money(micros: int | None, currency: str = "") -> str:
     return f"{sign}{whole:,}.{frac:06d}{' ' + currency if currency else ''}"
 
 
+def decimal(micros: int) -> str:
+    """`12.345678`: the plain form of `money`, as CSV and JSON carry it."""
+    return money(micros).replace(",", "")
+
+
 def count(value: int | None) -> str:
     return "0" if not value else f"{int(value):,}"
 

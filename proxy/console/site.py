@@ -12,7 +12,16 @@ import jinja2
 from aiohttp import web
 
 from proxy import appkeys
-from proxy.console import auth_pages, keys_page, overview
+from proxy.console import (
+    account_page,
+    auth_pages,
+    billing_page,
+    byok_page,
+    keys_page,
+    members_page,
+    overview,
+    usage_page,
+)
 from proxy.console.guard import console_guard
 from proxy.console.render import FILTERS, redirect
 
@@ -48,6 +57,21 @@ def _routes(console: web.Application) -> None:
     r.add_get(f"{w}/keys", keys_page.keys_page)
     r.add_post(f"{w}/keys", keys_page.create_key)
     r.add_post(f"{w}/keys/{{key_id}}/revoke", keys_page.revoke_key)
+    r.add_get(f"{w}/byok", byok_page.byok_page)
+    r.add_post(f"{w}/byok/request", byok_page.request_access)
+    r.add_post(f"{w}/byok/{{provider}}", byok_page.set_key)
+    r.add_post(f"{w}/byok/{{provider}}/remove", byok_page.remove_key)
+    r.add_get(f"{w}/usage", usage_page.usage_page)
+    r.add_get(f"{w}/usage.csv", usage_page.usage_csv)
+    r.add_get(f"{w}/billing", billing_page.billing_page)
+    r.add_post(f"{w}/billing/budget", billing_page.set_budget)
+    r.add_get(f"{w}/members", members_page.members_page)
+    r.add_post(f"{w}/members/invite", members_page.invite)
+    r.add_post(f"{w}/members/{{user_id}}/role", members_page.set_role)
+    r.add_post(f"{w}/members/{{user_id}}/remove", members_page.remove)
+    r.add_get("/account", account_page.account_page)
+    r.add_post("/account/password", account_page.change_password)
+    r.add_post("/account/sessions/end-others", account_page.end_other_sessions)
     r.add_route("*", "/{tail:.*}", not_found)
 
 

@@ -31,12 +31,15 @@ class DayTotal:
 class RecentRequest:
     request_id: str
     started_at: float
+    key_id: str | None
     model: str | None
     lane: str | None
     status: int
     outcome: str
     input_tokens: int
+    cached_input_tokens: int
     output_tokens: int
+    reasoning_tokens: int
     total_tokens: int
     estimated: bool
     cost_micros: int | None
@@ -90,12 +93,13 @@ class ConsoleReads:
                      model: str | None = None) -> list[RecentRequest]:
         where, params = _filters(lane, model)
         sql = (
-            "SELECT u.request_id, u.started_at, u.public_model, u.lane, u.status, u.outcome, u.prompt_tokens, "
-            "u.completion_tokens, u.total_tokens, u.tokens_estimated, NULL FROM usage u "
+            "SELECT u.request_id, u.started_at, u.key_id, u.public_model, u.lane, u.status, u.outcome, "
+            "u.prompt_tokens, 0, u.completion_tokens, 0, u.total_tokens, u.tokens_estimated, NULL FROM usage u "
             f"WHERE u.workspace_id = ? AND u.started_at >= ?{where} ORDER BY u.started_at DESC LIMIT ?"
         )
         rows = await self._store.fetchall(sql, (workspace_id, since, *params, limit))
-        return [RecentRequest(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], bool(r[9]), r[10]) for r in rows]
+        return [RecentRequest(r[0], r[1], r[2], r[3], r[4], int(r[5]), r[6], int(r[7]), int(r[8]), int(r[9]),
+                              int(r[10]), int(r[11]), bool(r[12]), r[13]) for r in rows]
 
     async def models_used(self, workspace_id: int, since: float) -> list[str]:
         sql = (
