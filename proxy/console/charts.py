@@ -40,7 +40,7 @@ def stacked_bars(label: str, days: Sequence[str], series: Mapping[str, Sequence[
             parts.append(f'<rect x="{x:.1f}" y="{base:.1f}" width="{slot * 0.7:.1f}" height="{h:.1f}" '
                          f'fill="{COLOURS.get(plan, "#888")}"><title>{escape(day)} {escape(plan)}: '
                          f'{escape(fmt(value))}</title></rect>')
-        if i % 7 == 0 or i == len(days) - 1:
+        if i % 7 == 0 or (i == len(days) - 1 and i % 7 >= 3):  # the last day too, unless crowded
             parts.append(f'<text x="{x + slot * 0.35:.1f}" y="{HEIGHT - 6}" text-anchor="middle" font-size="11" '
                          f'fill="#5d6878">{escape(day[5:])}</text>')
     parts.append("</svg>")

@@ -19,7 +19,7 @@ from proxy.store.console_sql import DAY_S
 from proxy.types import Lane
 
 DAYS = 30
-LATEST = 50
+LATEST = 25
 CSV_LIMIT = 100_000
 PLANS = (Lane.CHEAP.value, Lane.RESALE.value, Lane.BYOK.value)
 CSV_COLUMNS = ("time", "request_id", "key_id", "model", "lane", "status", "outcome", "input_tokens",
