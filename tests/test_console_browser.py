@@ -10,9 +10,9 @@ from pathlib import Path
 import openai
 import pytest
 
+from proxy import appkeys
 from proxy.console.usage_page import CSV_COLUMNS
 from tests.browser_support import browser  # noqa: F401  # reason: pytest fixture
-from proxy import appkeys
 from tests.conftest import MODEL
 from tests.console_support import PASSWORD, console_gateway
 

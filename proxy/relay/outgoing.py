@@ -14,7 +14,7 @@ from proxy.telemetry.metrics import Metrics
 
 async def mask_outgoing(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare hook: headers of every answer; the body of every complete answer."""
-    app = request.app
+    app = request.config_dict  # not request.app: sub-apps (the console) answer through here too
     guard: SecretGuard = app[appkeys.STATE].runtime.guard
     metrics: Metrics = app[appkeys.METRICS]
     for name, value in list(response.headers.items()):
