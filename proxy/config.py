@@ -124,6 +124,7 @@ class ConsoleConfig:
     session_max_hours: int = 168
     topup_text: str = ""
     public_url: str | None = None  # e.g. https://onekeymodels.com: quickstart base URL and CLI links
+    client_ip_header: str | None = None  # behind a proxy: the header naming the client (e.g. X-Real-IP)
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +269,7 @@ def _console(r: Reader) -> ConsoleConfig:
         session_max_hours=r.integer("session_max_hours", default=168, minimum=1),
         topup_text=r.string("topup_text") if r.has("topup_text") else "",
         public_url=r.url("public_url") if r.has("public_url") else None,
+        client_ip_header=r.string("client_ip_header") if r.has("client_ip_header") else None,
     )
     r.reject_unknown()
     return console

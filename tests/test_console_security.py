@@ -227,3 +227,18 @@ async def test_console_is_off_unless_enabled(gateway):
     gw = await gateway()
     async with gw.session.get(gw.url + "/console/login") as resp:
         assert resp.status == 404 and resp.content_type == "application/json"
+
+
+async def test_throttling_counts_the_proxys_client_header_when_configured(gateway, visitors):
+    gw, _alice = await _signed_up(gateway, visitors, client_ip_header="X-Real-IP")
+    guest = visitors(gw)
+    for i in range(5):
+        await guest.get("/console/login")
+        page = await guest.post("/console/login", {"email": f"u{i}@example.com", "password": "wrong password!!"},
+                                headers={"X-Real-IP": "203.0.113.9"})
+    assert page.status == 429 and "locked" in page.text  # five emails, one client address
+    other = visitors(gw)
+    await other.get("/console/login")
+    page = await other.post("/console/login", {"email": "alice@example.com", "password": PASSWORD},
+                            headers={"X-Real-IP": "198.51.100.7"})
+    assert page.status == 200 and page.url.endswith("/console/w/acme/")  # another client is not locked out

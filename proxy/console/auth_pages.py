@@ -30,8 +30,18 @@ MSG_LOGIN = "Incorrect email or password."
 MSG_LOCKED = "Too many failed sign-in attempts. Sign-in is locked for 15 minutes; try again later."
 
 
+def client_address(request: web.Request) -> str:
+    """The peer, or (behind a proxy) the last value of `console.client_ip_header` it sets."""
+    header = console_config(request).client_ip_header
+    if header:
+        values = request.headers.getall(header, [])
+        if values:
+            return values[-1].split(",")[-1].strip()[:64]
+    return request.remote or "?"
+
+
 def _subjects(request: web.Request, email: str) -> list[str]:
-    return [f"email:{email.strip().lower()[:254]}", f"ip:{request.remote or '?'}"]
+    return [f"email:{email.strip().lower()[:254]}", f"ip:{client_address(request)}"]
 
 
 def _login_page(request: web.Request, email: str = "", error: str = "", status: int = 200) -> web.Response:
