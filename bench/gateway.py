@@ -58,10 +58,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def config_data(port: int, upstream_port: int, profiles: Profiles) -> dict:
+# `--billing`: every model priced and the workspace prepaid with ample credit, so each request takes
+# a hold before its upstream call and is charged with its usage row (docs/billing.md).
+BILLING = {"enabled": True, "prices": {"cheap/*": {"input": "0.50", "cached_input": "0.05", "output": "2.00"},
+                                       "resale/*": {"input": "1.25", "cached_input": "0.125", "output": "10.00"}}}
+BENCH_CREDIT_MICROS = 10**15
+
+
+def config_data(port: int, upstream_port: int, profiles: Profiles, billing: bool = False) -> dict:
     base = f"http://127.0.0.1:{upstream_port}"
     fast, slow = base + profiles.fast_prefix + "/v1", base + profiles.slow_prefix + "/v1"
     return {
+        **({"billing": BILLING} if billing else {}),
         "listen": {"host": "127.0.0.1", "port": port},
         "store": {"path": "store.sqlite3"},
         "key_pepper_env": "OKM_KEY_PEPPER",
@@ -84,21 +92,23 @@ def config_data(port: int, upstream_port: int, profiles: Profiles) -> dict:
     }
 
 
-async def _issue_key(store_path: Path, pepper: str) -> str:
+async def _issue_key(store_path: Path, pepper: str, billing: bool) -> str:
     store = await Store.open(store_path)
     try:
         await store.create_workspace(WORKSPACE)
         _, key = await store.create_api_key(WORKSPACE, Secret(pepper, "bench pepper"), name="bench")
+        if billing:
+            await store.add_ledger_entry(WORKSPACE, BENCH_CREDIT_MICROS, "topup", "bench credit", "bench")
     finally:
         await store.close()
     return key.reveal()
 
 
-def prepare(run_dir: Path, upstream_port: int, profiles: Profiles) -> GatewaySetup:
+def prepare(run_dir: Path, upstream_port: int, profiles: Profiles, billing: bool = False) -> GatewaySetup:
     port = free_port()
     config = run_dir / "gateway.yaml"
-    config.write_text(yaml.safe_dump(config_data(port, upstream_port, profiles), sort_keys=False))
+    config.write_text(yaml.safe_dump(config_data(port, upstream_port, profiles, billing), sort_keys=False))
     pepper = secrets.token_urlsafe(32)
     env = {**os.environ, "OKM_KEY_PEPPER": pepper, UPSTREAM_KEY_ENV: "sk-bench-" + secrets.token_hex(8)}
-    key = asyncio.run(_issue_key(run_dir / "store.sqlite3", pepper))
+    key = asyncio.run(_issue_key(run_dir / "store.sqlite3", pepper, billing))
     return GatewaySetup(config, env, key, port, run_dir / "gateway.log")

@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         pool = len(config.cheap_pool)
         print(
             f"{config.source}: ok ({pool} pool accounts, {len(config.resale_models)} Business models, "
-            f"{len(config.byok_providers)} BYOK providers)"
+            f"{len(config.byok_providers)} BYOK providers"
+            + (f"; billing on, {len(config.billing.entries())} prices in {config.billing.currency})"
+               if config.billing.enabled else "; billing off)")
         )
         return 0
     return asyncio.run(args.func(args, config))

@@ -205,12 +205,14 @@ async def test_usage_summary(client):
     await call(client, "POST", "/admin/workspaces", {"name": "acme"})
     ws = await client.app[appkeys.STORE].get_workspace("acme")
     row = UsageRow("req-1", time.time(), ws.id, "k", "cheap", "cheap/gpt-5.4", "pool-a", "chat/completions", False,
-                   200, "ok", prompt_tokens=7, completion_tokens=2, total_tokens=9)
+                   200, "ok", prompt_tokens=7, completion_tokens=2, total_tokens=9, cached_input_tokens=3,
+                   reasoning_tokens=1, cost_micros=42)
     await client.app[appkeys.STORE].write_usage([], [row])
     status, body = await call(client, "GET", "/admin/usage")
     assert status == 200 and body["data"] == [{
         "workspace": "acme", "lane": "cheap", "model": "cheap/gpt-5.4", "requests": 1, "errors": 0,
         "prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9, "estimated_requests": 0,
+        "cached_input_tokens": 3, "reasoning_tokens": 1, "cost_micros": 42,
     }]
     assert body["since"] is None and body["total"]["total_tokens"] == 9
     status, body = await call(client, "GET", "/admin/usage?workspace=acme&since=2999-01-01")

@@ -68,7 +68,8 @@ def key_json(key: ApiKey, workspace: str) -> dict[str, Any]:
 
 
 def usage_json(totals: list[UsageTotal], since: float | None) -> dict[str, Any]:
-    fields = ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens", "estimated_requests")
+    fields = ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens", "estimated_requests",
+              "cached_input_tokens", "reasoning_tokens", "cost_micros")
     rows = [
         {"workspace": t.workspace, "lane": t.lane, "model": t.model, **{f: getattr(t, f) for f in fields}}
         for t in totals

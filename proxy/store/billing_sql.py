@@ -66,10 +66,11 @@ def account_row(row: Sequence[Any]) -> BillingAccount:
 async def take_hold(tx: Tx, hold: HoldRequest, decide: Decide, now: float) -> Any:
     """Inside one transaction: lock and read the account (and key), let `decide` refuse or admit,
     record the hold. Returns decide()'s refusal, or None once held."""
-    row = await tx.fetchone(ACCOUNT_FOR_HOLD + tx.for_update, (hold.workspace_id,))
+    lock = tx.for_update + " OF a" if tx.for_update else ""  # PostgreSQL: the account row only, not the workspace
+    row = await tx.fetchone(ACCOUNT_FOR_HOLD + lock, (hold.workspace_id,))
     if row is None:  # first request of a workspace never credited: create its row, then lock it
         await tx.execute(ENSURE_ACCOUNT, (hold.workspace_id,))
-        row = await tx.fetchone(ACCOUNT_FOR_HOLD + tx.for_update, (hold.workspace_id,))
+        row = await tx.fetchone(ACCOUNT_FOR_HOLD + lock, (hold.workspace_id,))
         assert row is not None  # reason: just inserted in this transaction
     key = None
     if hold.key_id is not None:
@@ -94,6 +95,8 @@ def settle_statements(finished: Sequence[UsageRow]) -> list[tuple[str, Sequence[
     if not billed:
         return []
     accounts, keys = [], []
+    # Rows locked in one order (workspace, then key): two gateways' batches never deadlock on PostgreSQL.
+    billed.sort(key=lambda r: (r.workspace_id or 0, r.key_id or "", r.request_id))
     for row in billed:
         rid, cost, month = row.request_id, row.cost_micros, month_of(row.started_at)
         accounts.append((cost, rid, rid, month, cost, rid, month, cost, rid, month, month, row.workspace_id))
@@ -102,7 +105,7 @@ def settle_statements(finished: Sequence[UsageRow]) -> list[tuple[str, Sequence[
     return [
         (ENSURE_ACCOUNT, sorted({(r.workspace_id,) for r in billed})),
         (SETTLE_ACCOUNT, accounts),
-        (SETTLE_KEY, keys),
+        (SETTLE_KEY, sorted(keys, key=lambda k: (k[3], k[1]))),
         (RELEASE_HOLD, [(r.request_id,) for r in billed if r.hold_micros]),
     ]
 

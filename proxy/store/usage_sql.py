@@ -61,7 +61,7 @@ def batch(admitted: Sequence[UsageRow], finished: Sequence[UsageRow]) -> list[tu
         (_ADMIT, [_params(r) for r in admitted]),
         *billing_sql.settle_statements(finished),  # hold releases and charges commit with the rows
         (_FINISH, [_params(r) for r in finished]),
-        (_TOUCH, [(ts, key_id, ts) for key_id, ts in last_used.items()]),
+        (_TOUCH, [(ts, key_id, ts) for key_id, ts in sorted(last_used.items())]),  # one lock order
     ]
 
 
