@@ -160,6 +160,18 @@ async def test_client_leaving_right_after_the_terminal_event_is_ok_and_the_upstr
     assert first.connection == second.connection
 
 
+async def test_sdk_stream_closed_at_response_completed_is_ok(gateway: Any) -> None:
+    gw: Gateway = await gateway(pool=1)
+    gw.pool[0].script(Stream((*payloads.responses_events(MODEL), 0.03)))
+    stream = await gw.client.responses.create(model=f"cheap/{MODEL}", input="hi", stream=True)
+    async for event in stream:
+        if event.type == "response.completed":
+            break
+    await stream.close()  # the official SDK drops the connection with the body unread
+    [row] = await gw.usage_rows(1)
+    assert (row["status"], row["outcome"], row["total_tokens"]) == (200, "ok", 12)
+
+
 async def test_codex_style_close_on_a_synthesized_stream_is_ok(gateway: Any) -> None:
     gw: Gateway = await gateway()
     body = {"model": f"resale/{NOSTREAM_MODEL}", "input": "hi", "stream": True}

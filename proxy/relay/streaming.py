@@ -137,8 +137,9 @@ async def relay_bytes(request: web.Request, answer: Answer, headers: Mapping[str
                       record: RequestRecord) -> web.StreamResponse:
     """A non-JSON answer (speech audio, a transcript as text) relayed chunk by chunk as it arrives.
 
-    Bytes have no in-band error: an upstream that breaks off mid-body gets the client's connection
-    aborted, so the truncation shows (no chunked-encoding end), never a short "complete" file.
+    Bytes have no in-band error: an upstream that breaks off mid-body (or the drain deadline) gets
+    the client's connection aborted, so the truncation shows (no chunked-encoding end), never a
+    short "complete" file.
     """
     reply = answer.reply
     assert reply is not None
@@ -154,10 +155,14 @@ async def relay_bytes(request: web.Request, answer: Answer, headers: Mapping[str
         stall_s = request.app[appkeys.STATE].runtime.config.limits.client_stall_timeout_s
         client = ClientWriter(response, request.transport, stall_s)
         try:
-            async for chunk in reply.chunks():
-                await client.write(chunk)
-        except StreamBroken as exc:
-            record.outcome = Outcome.UPSTREAM_TIMEOUT if exc.timeout else Outcome.UPSTREAM_ERROR
+            async with request.app[DRAIN].watch():
+                async for chunk in reply.chunks():
+                    await client.write(chunk)
+        except (StreamBroken, DrainDeadline) as exc:
+            if isinstance(exc, DrainDeadline):
+                record.outcome = Outcome.INTERRUPTED
+            else:
+                record.outcome = Outcome.UPSTREAM_TIMEOUT if exc.timeout else Outcome.UPSTREAM_ERROR
             if request.transport is not None:
                 request.transport.abort()
             return response
