@@ -26,6 +26,7 @@ from proxy.relay.upstream import UpstreamClient
 from proxy.runtime import Runtime
 from proxy.startup_checks import check_master_key
 from proxy.store import Store
+from proxy.store.retention import UsageRetention
 from proxy.store.usage_writer import UsageRecorder
 from proxy.telemetry.accesslog import AccessLog
 from proxy.telemetry.live_metrics import LiveMetrics
@@ -59,6 +60,7 @@ def build_app(config: Config, metrics: Metrics | None = None) -> web.Application
     app[holds.OWNER] = holds.owner_name()
     app.cleanup_ctx.append(_access_log_ctx)
     app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_retention_ctx)  # after the store: stopped before it closes
     app.cleanup_ctx.append(_upstream_ctx)
     add_routes(app)
     setup_admin_routes(app)
@@ -91,6 +93,13 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     await usage.stop()
     await auth.stop()
     await store.close()
+
+
+async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
+    retention = UsageRetention(app[appkeys.STORE], app[appkeys.STATE].runtime.config.usage_retention_days)
+    retention.start()
+    yield
+    await retention.stop()
 
 
 async def _clear_dead_holds(store: Store) -> None:

@@ -23,6 +23,7 @@ from proxy.types import Secret
 
 PROVIDER_KINDS = ("openai", "mock")
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
+DEFAULT_RETENTION_DAYS = 400  # usage rows; older ones live on as daily totals (usage_daily)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +153,7 @@ class Config:
     event_loop: str = "auto"  # auto: uvloop when installed, else asyncio's own
     byok_next_master_key: Secret | None = None  # during a rotation: also accepted for stored keys
     byok_next_master_key_env: str = "OKM_NEW_MASTER_KEY"
+    usage_retention_days: int = DEFAULT_RETENTION_DAYS
     billing: PriceBook = DISABLED
     console: ConsoleConfig = ConsoleConfig()
 
@@ -197,7 +199,6 @@ def _store_url(store: Reader) -> StoreUrl:
         if url.dsn is None:
             store.fail("password_env", "only a postgresql:// store takes a password")
         url = url.with_password(store.required_secret_named("password_env", store.string("password_env")))
-    store.reject_unknown()
     return url
 
 
@@ -206,7 +207,10 @@ def _build(root: Reader, source: Path, env: dict[str, str]) -> Config:
     metrics = root.section("metrics")
     metrics_listen = _listen(metrics.section("listen"), None) if metrics.has("listen") else None
     metrics.reject_unknown()
-    store_url = _store_url(root.section("store"))
+    store = root.section("store")
+    store_url = _store_url(store)
+    retention_days = store.integer("usage_retention_days", default=DEFAULT_RETENTION_DAYS, minimum=1)
+    store.reject_unknown()
     admin = root.section("admin")
     admin_env = admin.string("token_env", default="OKM_ADMIN_TOKEN")
     admin.reject_unknown()
@@ -230,6 +234,7 @@ def _build(root: Reader, source: Path, env: dict[str, str]) -> Config:
         listen=listen,
         metrics_listen=metrics_listen,
         store_url=store_url,
+        usage_retention_days=retention_days,
         admin_token=root.optional_secret_named(admin_env),
         admin_token_env=admin_env,
         key_pepper=root.required_secret_named("key_pepper_env", pepper_env),

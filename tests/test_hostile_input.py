@@ -350,3 +350,20 @@ async def test_unknown_routes_and_methods_are_openai_shaped(gw: Gateway, caplog:
 def test_body_fuzzer_inputs(path: Path) -> None:
     """Saved fuzzer failures (and the seeds): refused with a 400, or accepted and forwardable unchanged."""
     checks.one_input("body", path.read_bytes())
+
+
+async def test_malformed_requests_count_against_the_workspaces_limit(gateway: Any) -> None:
+    gw: Gateway = await gateway(pool=1, resale=1, byok=(), workspaces={"noisy": None, "other": None})
+    async with gw.session.patch(f"{gw.url}/admin/workspaces/noisy/limits", json={"rpm_limit": 1},
+                                headers={"Authorization": "Bearer admin-test-token"}) as r:
+        assert r.status == 200
+    async with gw.session.get(f"{gw.url}/v1/models", headers=gw.auth("noisy")) as r:
+        assert r.status == 200  # the auth cache has the limit
+    statuses = []
+    for body in (b"{", b"[]", b'{"model": 5}', b'{"model": "nope/x"}') * 5:
+        answer = await gw.post("/v1/chat/completions", data=body, workspace="noisy")
+        statuses.append(answer.status)
+    assert statuses[0] == 400 and set(statuses[1:]) == {429}, statuses
+    assert not [u for u in gw.upstreams if u.requests]
+    answer = await gw.post("/v1/chat/completions", {"model": f"cheap/{MODEL}", "messages": CHAT}, workspace="other")
+    assert answer.status == 200

@@ -222,3 +222,50 @@ async def test_summary_per_workspace_lane_and_model(env):
     assert sum(t.requests for t in acme_all) == 4
     with pytest.raises(WorkspaceNotFound):
         await store.usage_summary(workspace="nope")
+
+
+# --- retention: old rows become daily totals, counted once --------------------------------------
+
+DAY = 86400.0
+
+
+@pytest.fixture
+async def backend_store(store_url):
+    from proxy.store import Store
+
+    s = await Store.open(store_url)
+    yield s
+    await s.close()
+
+
+async def test_retention_rolls_old_rows_into_daily_totals_exactly_once(backend_store) -> None:
+    import time
+
+    from proxy.store.rows import UsageRow
+
+    s = backend_store
+    ws = await s.create_workspace("acme")
+    now = time.time()
+    old_day = now - 500 * DAY
+
+    def row(i: int, started: float, outcome: str = "ok", **counts: int) -> UsageRow:
+        return UsageRow(f"req_{i}", started, ws.id, None, "cheap", "cheap/m", "pool-0", "chat/completions", False, 200,
+                        outcome, **counts)
+
+    old = [row(1, old_day, prompt_tokens=10, completion_tokens=5, total_tokens=15, cost_micros=7),
+           row(2, old_day + 60, prompt_tokens=1, completion_tokens=2, total_tokens=3, cost_micros=1),
+           row(3, old_day + 120, "rejected")]
+    await s.write_usage([], [*old, row(4, now - DAY, prompt_tokens=9)])
+    await s.write_usage([row(5, old_day + 180, "in_flight")], [])  # still running: never swept
+    assert await s.sweep_usage(now - 400 * DAY) == 3
+    assert await s.sweep_usage(now - 400 * DAY) == 0  # a second sweep counts nothing twice
+    left = sorted(r[0] for r in await s.fetchall("SELECT request_id FROM usage"))
+    assert left == ["req_4", "req_5"]
+    daily = sorted(tuple(r) for r in await s.fetchall(
+        "SELECT day, workspace_id, lane, public_model, outcome, requests, prompt_tokens, completion_tokens, "
+        "total_tokens, cost_micros FROM usage_daily"))
+    day = time.strftime("%Y-%m-%d", time.gmtime(old_day))
+    assert [tuple(int(v) if not isinstance(v, str) else v for v in d) for d in daily] == [
+        (day, ws.id, "cheap", "cheap/m", "ok", 2, 11, 7, 18, 8),
+        (day, ws.id, "cheap", "cheap/m", "rejected", 1, 0, 0, 0, 0),
+    ]

@@ -202,3 +202,21 @@ CREATE TABLE byok_access_requests (
 ALTER TABLE byok_keys ADD COLUMN last4 TEXT;
 
 CREATE INDEX usage_by_workspace_key ON usage (workspace_id, key_id);
+
+-- migration 4: usage_daily: per-day totals of the usage rows store.usage_retention_days removes
+-- Written in the same transaction that deletes those rows, so every request is counted exactly once.
+CREATE TABLE usage_daily (
+    day TEXT NOT NULL,
+    workspace_id BIGINT NOT NULL,
+    lane TEXT NOT NULL,
+    public_model TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    requests BIGINT NOT NULL DEFAULT 0,
+    prompt_tokens BIGINT NOT NULL DEFAULT 0,
+    completion_tokens BIGINT NOT NULL DEFAULT 0,
+    total_tokens BIGINT NOT NULL DEFAULT 0,
+    cached_input_tokens BIGINT NOT NULL DEFAULT 0,
+    reasoning_tokens BIGINT NOT NULL DEFAULT 0,
+    cost_micros BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (day, workspace_id, lane, public_model, outcome)
+);

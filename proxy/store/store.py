@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from proxy.store import retention_sql
 from proxy.store import usage_sql as usage_store
 from proxy.store.accounts_sql import Accounts
 from proxy.store.billing_store import BillingStore
@@ -317,6 +318,11 @@ class Store(BillingStore):
         Runs as one backend batch: on SQLite a single hop to the writer's thread per batch.
         """
         await self.db.execute_batch(usage_store.batch(list(admitted), list(finished)))
+
+    async def sweep_usage(self, older_than: float) -> int:
+        """Retention: final usage rows started before `older_than` (epoch seconds) are added to
+        usage_daily and removed, in one transaction per hour of rows; returns how many."""
+        return await retention_sql.sweep(self.db, older_than)
 
     async def mark_interrupted_usage(self) -> int:
         """Rows a previous process left in flight become `interrupted`; returns how many."""
