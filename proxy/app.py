@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -18,12 +17,12 @@ from proxy.config import Config
 from proxy.console.site import setup_console
 from proxy.http.admission import admission, close_when_draining
 from proxy.http.handlers import add_routes
-from proxy.http.limits import LIMITER, Limiter
+from proxy.http.limits import Limiter
 from proxy.http.middleware import request_context
-from proxy.relay.drain import DRAIN, Drain
+from proxy.relay.drain import Drain
 from proxy.relay.outgoing import mask_outgoing
 from proxy.relay.upstream import UpstreamClient
-from proxy.runtime import Runtime
+from proxy.runtime import Runtime, State
 from proxy.startup_checks import check_master_key
 from proxy.store import Store
 from proxy.store.retention import UsageRetention
@@ -31,6 +30,7 @@ from proxy.store.usage_writer import UsageRecorder
 from proxy.telemetry.accesslog import AccessLog
 from proxy.telemetry.live_metrics import LiveMetrics
 from proxy.telemetry.metrics import Metrics, metrics_handler
+from proxy.types import Phase
 from proxy.workspaces.auth import Authenticator
 from proxy.workspaces.byok import ByokVault
 
@@ -38,20 +38,11 @@ ADMIN_MAX_BODY = 1024 * 1024
 log = logging.getLogger("okm.app")
 
 
-@dataclass(slots=True)
-class State:
-    """The app's only mutable state: the current config generation and the process phase."""
-
-    runtime: Runtime
-    ready: bool = False
-    draining: bool = False
-
-
 def build_app(config: Config, metrics: Metrics | None = None) -> web.Application:
     app = web.Application(middlewares=[request_context, admission], client_max_size=ADMIN_MAX_BODY)
     app[appkeys.STATE] = State(Runtime.build(config))
     app[appkeys.METRICS] = metrics or Metrics()
-    app[LIMITER], app[DRAIN] = Limiter(), Drain()
+    app[appkeys.LIMITER], app[appkeys.DRAIN] = Limiter(), Drain()
     app[appkeys.METRICS].on_scrape(LiveMetrics(app))
     app.on_response_prepare.append(close_when_draining)
     app.on_response_prepare.append(mask_outgoing)
@@ -87,9 +78,8 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         raise
     app[appkeys.STORE], app[appkeys.AUTH], app[appkeys.USAGE] = store, auth, usage
     app[appkeys.BYOK] = ByokVault(store, auth)
-    state.ready = True
+    app[appkeys.DRAIN].advance(Phase.READY)
     yield
-    state.ready = False
     await usage.stop()
     await auth.stop()
     await store.close()

@@ -10,6 +10,7 @@ from pathlib import Path
 from proxy import __version__
 from proxy.admin import billing_cli
 from proxy.admin import cli as admin_cli
+from proxy.admin.cli import Command
 from proxy.config import load_config
 from proxy.console import cli as console_cli
 from proxy.errors import ConfigError
@@ -52,4 +53,5 @@ def main(argv: list[str] | None = None) -> int:
                if config.billing.enabled else "; billing off)")
         )
         return 0
-    return asyncio.run(args.func(args, config))
+    command: Command = args.func
+    return asyncio.run(command(args, config))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -148,7 +148,6 @@ class Config:
     cheap_pool: tuple[PoolAccount, ...]
     resale_models: Mapping[str, tuple[ResaleUpstream, ...]]
     byok_providers: Mapping[str, ByokProvider]
-    env: Mapping[str, str] = field(repr=False, default_factory=dict)
     drain_unready_delay_s: float = 0.0  # /readyz fails this long before the listener closes
     event_loop: str = "auto"  # auto: uvloop when installed, else asyncio's own
     byok_next_master_key: Secret | None = None  # during a rotation: also accepted for stored keys
@@ -156,6 +155,14 @@ class Config:
     usage_retention_days: int = DEFAULT_RETENTION_DAYS
     billing: PriceBook = DISABLED
     console: ConsoleConfig = ConsoleConfig()
+
+    def secrets(self) -> tuple[Secret, ...]:
+        """Every secret value this config resolved: the one list that log redaction and the
+        masking of upstream errors read."""
+        found = [self.key_pepper, self.admin_token, self.byok_master_key, self.byok_next_master_key,
+                 self.store_url.password]
+        found += [a.api_key for a in self.cheap_pool] + [p.api_key for p in self.providers.values()]
+        return tuple(s for s in found if s is not None)
 
     @property
     def store_path(self) -> Path:
@@ -240,7 +247,7 @@ def _build(root: Reader, source: Path, env: dict[str, str]) -> Config:
         key_pepper=root.required_secret_named("key_pepper_env", pepper_env),
         byok_master_key=root.optional_secret_named(master_env),
         byok_master_key_env=master_env,
-        limits=_dataclass_section(root.section("limits"), Limits),
+        limits=_limits(root.section("limits")),
         pool_policy=_pool_policy(root.section("pool")),
         rate_limits=_rate_limits(root.section("rate_limits")),
         drain_deadline_s=drain_deadline,
@@ -249,7 +256,6 @@ def _build(root: Reader, source: Path, env: dict[str, str]) -> Config:
         cheap_pool=pool,
         resale_models=MappingProxyType(resale),
         byok_providers=MappingProxyType(byok),
-        env=MappingProxyType(env),
         drain_unready_delay_s=unready_delay,
         event_loop=root.choice("event_loop", EVENT_LOOPS, default="auto"),
         byok_next_master_key=root.optional_secret_named(next_master_env),
@@ -287,17 +293,17 @@ def _listen(r: Reader, default: Listen | None) -> Listen:
     return listen
 
 
-def _dataclass_section(r: Reader, cls: type) -> Any:
-    defaults = cls()
-    values = {}
-    for name in cls.__dataclass_fields__:
+def _limits(r: Reader) -> Limits:
+    defaults = Limits()
+    values: dict[str, Any] = {}
+    for name in (f.name for f in fields(Limits)):
         current = getattr(defaults, name)
         if isinstance(current, int) and not isinstance(current, bool):
             values[name] = r.integer(name, default=current, minimum=1)
         else:
             values[name] = r.number(name, default=current, minimum=0.001)
     r.reject_unknown()
-    return cls(**values)
+    return Limits(**values)
 
 
 def _pool_policy(r: Reader) -> PoolPolicy:

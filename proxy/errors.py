@@ -4,8 +4,12 @@
     ├── InvalidRequestError            400 invalid_request
     │   ├── InvalidModelIdError        400 invalid_model_id
     │   ├── ByokKeyNotConfiguredError  400 byok_key_not_configured
-    │   └── StatefulRequestNotAllowedError 400 stateful_request_not_allowed
+    │   ├── StatefulRequestNotAllowedError 400 stateful_request_not_allowed
+    │   ├── MethodNotAllowedError      405 method_not_allowed (Allow)
+    │   ├── RequestTimeoutError        408 request_timeout
+    │   └── UnsupportedMediaError      415 unsupported_media_type
     ├── AuthenticationError            401 invalid_api_key
+    │   └── KeyRejectedError           401, with the AuthFailure reason for metrics
     ├── PaymentRequiredError           402 (billing: never retried by the SDKs)
     │   ├── InsufficientQuotaError     402 insufficient_quota
     │   ├── BudgetExceededError        402 budget_exceeded
@@ -16,16 +20,21 @@
     │   └── ByokUpstreamAuthError      403 byok_upstream_auth_failed
     ├── NotFoundError                  404 not_found
     │   └── ModelNotFoundError         404 model_not_found
+    ├── ConflictError                  409 conflict
     ├── RequestTooLargeError           413 request_too_large
     ├── RateLimitedError               429 rate_limited (Retry-After)
+    │   └── WorkspaceLimitedError      429, with the ShedReason for metrics
     ├── UpstreamError                  502 upstream_error
     │   └── UpstreamStatusError        the upstream's own status and OpenAI error body
     ├── ServiceUnavailableError        503
     │   ├── NoHealthyUpstreamError     503 no_healthy_upstream
-    │   └── OverloadedError            503 overloaded (Retry-After)
+    │   └── OverloadedError            503 overloaded (Retry-After), with the ShedReason
     └── UpstreamTimeoutError           504 upstream_timeout
 
+    ConfigError                        not an HTTP error: an invalid config file
+
 Messages are written for the person reading them; they never contain a key or account name.
+http.middleware.error_response is the one place an error becomes a JSON response.
 """
 
 from __future__ import annotations
@@ -33,6 +42,8 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+
+from proxy.types import AuthFailure, ShedReason
 
 
 class ProxyError(Exception):
@@ -64,7 +75,7 @@ class ProxyError(Exception):
     def headers(self) -> dict[str, str]:
         if self.retry_after is None:
             return {}
-        return {"Retry-After": str(max(1, int(round(self.retry_after))))}
+        return {"Retry-After": str(max(1, round(self.retry_after)))}
 
 
 class InvalidRequestError(ProxyError):
@@ -85,10 +96,40 @@ class StatefulRequestNotAllowedError(InvalidRequestError):
     code = "stateful_request_not_allowed"
 
 
+class MethodNotAllowedError(InvalidRequestError):
+    status = 405
+    code = "method_not_allowed"
+
+    def __init__(self, message: str, allow: str) -> None:
+        super().__init__(message)
+        self.allow = allow  # the Allow header's value
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": self.allow}
+
+
+class RequestTimeoutError(InvalidRequestError):
+    status = 408
+    code = "request_timeout"
+
+
+class UnsupportedMediaError(InvalidRequestError):
+    status = 415
+    code = "unsupported_media_type"
+
+
 class AuthenticationError(ProxyError):
     status = 401
     type = "authentication_error"
     code = "invalid_api_key"
+
+
+class KeyRejectedError(AuthenticationError):
+    """401 with the reason kept for metrics; the message never contains the key."""
+
+    def __init__(self, reason: AuthFailure, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class PaymentRequiredError(ProxyError):
@@ -117,6 +158,7 @@ class PermissionDeniedError(ProxyError):
 
 class WorkspaceDisabledError(PermissionDeniedError):
     code = "workspace_disabled"
+    reason = AuthFailure.DISABLED
 
 
 class ByokNotEnabledError(PermissionDeniedError):
@@ -137,6 +179,12 @@ class ModelNotFoundError(NotFoundError):
     code = "model_not_found"
 
 
+class ConflictError(ProxyError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
 class RequestTooLargeError(ProxyError):
     status = 413
     type = "invalid_request_error"
@@ -147,6 +195,12 @@ class RateLimitedError(ProxyError):
     status = 429
     type = "rate_limit_error"
     code = "rate_limited"
+
+
+class WorkspaceLimitedError(RateLimitedError):
+    def __init__(self, reason: ShedReason, message: str, retry_after: float) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.reason = reason
 
 
 class UpstreamError(ProxyError):
@@ -164,7 +218,8 @@ class UpstreamStatusError(UpstreamError):
 
     def __init__(self, status: int, body: dict[str, Any], retry_after: float | None = None,
                  passed_headers: dict[str, str] | None = None) -> None:
-        error = body.get("error") if isinstance(body.get("error"), dict) else {}
+        inner = body.get("error")
+        error: dict[str, Any] = inner if isinstance(inner, dict) else {}
         super().__init__(str(error.get("message") or "upstream error"), retry_after=retry_after)
         self.status = status
         self.body = body
@@ -193,6 +248,17 @@ class NoHealthyUpstreamError(ServiceUnavailableError):
 
 class OverloadedError(ServiceUnavailableError):
     code = "overloaded"
+
+    def __init__(self, reason: ShedReason, message: str, retry_after: float) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.reason = reason
+
+
+def auth_failure(exc: BaseException) -> AuthFailure | None:
+    """The metric reason of an authentication failure, or None for any other error."""
+    if isinstance(exc, KeyRejectedError | WorkspaceDisabledError):
+        return exc.reason
+    return None
 
 
 class UpstreamTimeoutError(ProxyError):

@@ -18,7 +18,7 @@ from proxy.errors import ConfigError
 from proxy.lanes.secret_guard import operator_secrets
 from proxy.runtime import Runtime
 from proxy.startup_checks import check_master_key
-from proxy.telemetry.accesslog import set_known_secrets
+from proxy.telemetry.redaction import set_known_secrets
 from proxy.workspaces.crypto import MasterKeyError
 
 log = logging.getLogger("okm.reload")
@@ -42,11 +42,6 @@ class Reload:
     restart_needed: tuple[str, ...] = ()
 
 
-def known_secrets(config: Config) -> tuple[str, ...]:
-    """Every secret value a config resolved, so log redaction can mask it verbatim."""
-    return operator_secrets(config)
-
-
 def restart_only_changes(old: Config, new: Config) -> tuple[str, ...]:
     return tuple(name for name, get in RESTART_ONLY if get(old) != get(new))
 
@@ -66,7 +61,7 @@ async def reload_config(app: web.Application) -> Reload:
     state.runtime = runtime  # the swap: new requests see it, running ones keep theirs
     app[appkeys.UPSTREAM].limits = new.limits  # per-attempt timeouts apply to the next attempt
     logging.getLogger().setLevel(new.log.level.upper())
-    set_known_secrets(known_secrets(new))
+    set_known_secrets(operator_secrets(new))
     metrics.config_reloads.labels("ok").inc()
     pending = restart_only_changes(old, new)
     for name in pending:

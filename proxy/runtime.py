@@ -12,8 +12,8 @@ from proxy.config import Config
 from proxy.lanes.routing import RoutingTable
 from proxy.lanes.secret_guard import SecretGuard, operator_secrets
 from proxy.lanes.targets import LaneSet
-from proxy.types import Lane, Secret
-from proxy.workspaces.crypto import MasterKey
+from proxy.types import Lane
+from proxy.workspaces.crypto import MasterKey, master_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,18 +28,15 @@ class Runtime:
 
     @classmethod
     def build(cls, config: Config) -> Runtime:
-        master = _master_key(config.byok_master_key, config.byok_master_key_env)
-        next_master = _master_key(config.byok_next_master_key, config.byok_next_master_key_env)
-        identifiers: list[str] = []
-        for account in config.cheap_pool:
-            identifiers.append(account.name)
-            if account.api_key is not None:
-                identifiers.append(account.api_key.reveal())
-        for provider in config.providers.values():
-            if provider.api_key is not None:
-                identifiers.append(provider.api_key.reveal())
+        master = master_key(config.byok_master_key, config.byok_master_key_env)
+        next_master = master_key(config.byok_next_master_key, config.byok_next_master_key_env)
+        secrets = operator_secrets(config)
+        # What an operator upstream may echo in its errors: account names and the upstream keys
+        # (masked at the lane boundary; the outgoing SecretGuard then catches every other secret).
+        keys = [a.api_key for a in config.cheap_pool] + [p.api_key for p in config.providers.values()]
+        identifiers = [a.name for a in config.cheap_pool] + [k.reveal() for k in keys if k is not None]
         return cls(config, RoutingTable.from_config(config), LaneSet(config), master, next_master, tuple(identifiers),
-                   SecretGuard(operator_secrets(config)))
+                   SecretGuard(secrets))
 
     @property
     def master_keys(self) -> tuple[MasterKey, ...]:
@@ -51,5 +48,8 @@ class Runtime:
         return None if lane is Lane.BYOK else self.operator_identifiers
 
 
-def _master_key(secret: Secret | None, env_name: str) -> MasterKey | None:
-    return None if secret is None else MasterKey.from_base64(secret.reveal(), env_name)
+@dataclass(slots=True)
+class State:
+    """The app's current config generation, swapped whole on reload (the phase is relay.drain's)."""
+
+    runtime: Runtime

@@ -23,12 +23,13 @@ from proxy import appkeys
 from proxy.app import build_app
 from proxy.config import Config
 from proxy.errors import ConfigError
-from proxy.http.limits import LIMITER, Limiter
-from proxy.relay.drain import DRAIN
-from proxy.reload import known_secrets, reload_config
+from proxy.http.limits import Limiter
+from proxy.lanes.secret_guard import operator_secrets
+from proxy.reload import reload_config
 from proxy.store.rows import StoreError
-from proxy.telemetry.accesslog import configure_logging
 from proxy.telemetry.metrics import metrics_handler
+from proxy.telemetry.redaction import configure_logging
+from proxy.types import Phase
 from proxy.workspaces.crypto import MasterKeyError
 
 log = logging.getLogger("okm.server")
@@ -59,11 +60,12 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
         if choice == "uvloop":
             raise ConfigError("event_loop: uvloop is not installed (pip install uvloop)") from None
         return None
-    return uvloop.new_event_loop
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def serve(config: Config) -> int:
-    configure_logging(config.log.level, known_secrets(config))
+    configure_logging(config.log.level, operator_secrets(config))
     try:
         with asyncio.Runner(loop_factory=loop_factory(config.event_loop)) as runner:
             runner.run(_serve(config))
@@ -137,11 +139,11 @@ async def _reload_on_signal(app: web.Application, requested: asyncio.Event) -> N
 
 
 async def _drain(app: web.Application, site: web.TCPSite, signals: _Signals) -> None:
-    state, limiter, drain = app[appkeys.STATE], app[LIMITER], app[DRAIN]
-    config: Config = state.runtime.config
+    limiter, drain = app[appkeys.LIMITER], app[appkeys.DRAIN]
+    config: Config = app[appkeys.STATE].runtime.config
     loop = asyncio.get_running_loop()
     deadline = loop.time() + config.drain_deadline_s
-    state.draining = True
+    drain.advance(Phase.DRAINING)
     _notify("STOPPING=1")
     log.info(
         "stopping: readiness fails now; %d requests in flight, drain deadline %gs",
@@ -149,7 +151,7 @@ async def _drain(app: web.Application, site: web.TCPSite, signals: _Signals) -> 
     )
     await _wait_for(signals.hurry, config.drain_unready_delay_s)
     await site.stop()
-    drain.close()
+    drain.advance(Phase.CLOSED)
     log.info("listener closed; waiting for %d requests (%d streams)", limiter.in_flight, drain.streams)
     await _until_idle(limiter, signals.hurry, deadline - loop.time())
     if limiter.in_flight:

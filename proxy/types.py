@@ -6,7 +6,7 @@ Only frozen data lives here; no I/O and no behaviour beyond trivial helpers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 
 
 class Lane(StrEnum):
@@ -51,6 +51,36 @@ class Outcome(StrEnum):
     CLIENT_CANCELLED = "client_cancelled"  # the client went away
     INTERRUPTED = "interrupted"  # in flight when the process died or the drain deadline hit
     INTERNAL_ERROR = "internal_error"  # a gateway bug: answered 500, logged with a traceback
+
+
+class Phase(IntEnum):
+    """Where the process is; it only moves forward (a later phase implies the earlier ones)."""
+
+    STARTING = 0  # the store is not open yet (or no longer): readiness fails
+    READY = 1
+    DRAINING = 2  # a stop was signalled: readiness fails, every answer closes its connection
+    CLOSED = 3  # the listener is closed: late requests on kept-alive connections get 503
+    CUTTING = 4  # the drain deadline passed: streams still running are being cut
+
+
+class ShedReason(StrEnum):
+    """Why a request was refused before any upstream call (label of okm_requests_shed_total)."""
+
+    OVERLOADED = "overloaded"  # limits.max_concurrent_requests reached
+    DRAINING = "draining"  # the listener is closed for a stop; the request came on a kept-alive connection
+    WORKSPACE_RPM = "workspace_rpm"
+    WORKSPACE_STREAMS = "workspace_streams"
+    WORKSPACE_CONCURRENCY = "workspace_concurrency"  # its share of limits.max_concurrent_requests
+
+
+class AuthFailure(StrEnum):
+    """Why authentication failed; bounded, so it can be a metric label."""
+
+    MISSING = "missing"
+    MALFORMED = "malformed"
+    UNKNOWN = "unknown"
+    REVOKED = "revoked"
+    DISABLED = "disabled"
 
 
 class AttemptResult(StrEnum):

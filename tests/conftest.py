@@ -75,6 +75,7 @@ class Gateway:
     resale: list[FakeUpstream]
     nostream: FakeUpstream  # provider "cheapai" (responses_stream: false)
     byok: dict[str, FakeUpstream]
+    env: dict[str, str]  # the environment the config was loaded with (its secrets)
     client: openai.AsyncOpenAI = field(init=False)  # the official SDK, as the first workspace
     _clients: list[openai.AsyncOpenAI] = field(default_factory=list)
 
@@ -129,7 +130,7 @@ class Gateway:
                    "outcome", "prompt_tokens", "completion_tokens", "total_tokens", "tokens_estimated", "attempts")
         deadline = time.monotonic() + within_s
         while True:
-            rows = [dict(zip(columns, r)) for r in
+            rows = [dict(zip(columns, r, strict=True)) for r in
                     await store.fetchall(f"SELECT {', '.join(columns)} FROM usage ORDER BY started_at, rowid")]
             settled = all(r["outcome"] != "in_flight" for r in rows) and len(rows) >= (count or 0)
             if settled or time.monotonic() > deadline:
@@ -233,7 +234,7 @@ async def gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
         url = f"http://127.0.0.1:{runner.addresses[0][1]}"
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
         gw = Gateway(url, url + "/v1", keys, session, config.store_path, config, app, master,
-                     pool_fakes, resale_fakes, nostream, byok_fakes)
+                     pool_fakes, resale_fakes, nostream, byok_fakes, env)
         stack.push_async_callback(gw.aclose)
         return gw
 

@@ -8,7 +8,8 @@ import logging
 import orjson
 from aiohttp.http_exceptions import BadHttpMessage
 
-from proxy.telemetry.accesslog import AccessLog, access_line, quiet_bad_requests, redact
+from proxy.telemetry.accesslog import AccessLog, access_line
+from proxy.telemetry.redaction import quiet_bad_requests, redact
 from proxy.types import Endpoint, Lane, RequestRecord, Route
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import pytest
 from aiohttp import web
@@ -12,7 +11,8 @@ from proxy import appkeys
 from proxy.admin.api import setup_admin_routes
 from proxy.config import Config, load_config
 from proxy.errors import ProxyError
-from proxy.runtime import Runtime
+from proxy.http.middleware import request_context
+from proxy.runtime import Runtime, State
 from proxy.store import Store
 from proxy.store.rows import UsageRow
 from proxy.types import AttemptResult
@@ -35,11 +35,6 @@ lanes:
 """
 
 
-@dataclass
-class _State:  # the slice of app.State the admin API reads
-    runtime: Runtime
-
-
 def make_config(tmp_path, **env: str | None) -> Config:
     path = tmp_path / "gateway.yaml"
     path.write_text(CONFIG_YAML)
@@ -59,8 +54,8 @@ async def _client(aiohttp_client, config: Config):
     store = await Store.open(config.store_path)
     auth = Authenticator(store, config.key_pepper)
     await auth.start()
-    app = web.Application()
-    app[appkeys.STATE] = _State(Runtime.build(config))
+    app = web.Application(middlewares=[request_context])  # the gateway's error mapping
+    app[appkeys.STATE] = State(Runtime.build(config))
     app[appkeys.STORE] = store
     app[appkeys.AUTH] = auth
 
@@ -112,6 +107,19 @@ async def test_token_is_required_and_tokens_do_not_cross_over(client):
     status, body = await call(client, "GET", "/v1/models", headers=ADMIN)
     assert status == 401 and _is_openai_error(body, "invalid_api_key") and ADMIN_TOKEN not in str(body)
     assert await call(client, "GET", "/v1/models", headers={"Authorization": f"Bearer {key}"}) == (200, {"workspace": "acme"})
+
+
+@pytest.mark.parametrize(("method", "path", "payload", "status"), [
+    ("GET", "/admin/workspaces", None, 401),  # no token
+    ("POST", "/admin/workspaces", {"name": "Bad Name"}, 400),
+    ("GET", "/admin/workspaces/nobody", None, 404),
+])
+async def test_admin_errors_carry_the_request_id(client, method, path, payload, status):
+    headers = {} if status == 401 else ADMIN
+    resp = await client.request(method, path, json=payload, headers=headers)
+    body = await resp.json()
+    assert resp.status == status and set(body["error"]) == {"message", "type", "param", "code"}
+    assert resp.headers["X-Request-Id"].startswith("req_")
 
 
 async def test_workspaces(client):

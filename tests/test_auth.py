@@ -8,11 +8,10 @@ import time
 import pytest
 from aiohttp import web
 
-from proxy.errors import ProxyError
-from proxy.store import Store
-from proxy.types import Secret
-from proxy.workspaces import keys
-from proxy.workspaces.auth import Authenticator, AuthFailure, failure_reason
+from proxy.errors import ProxyError, auth_failure
+from proxy.store import Store, keys
+from proxy.types import AuthFailure, Secret
+from proxy.workspaces.auth import Authenticator
 
 PEPPER = Secret("test-pepper", "OKM_KEY_PEPPER")
 AUTH = web.AppKey("auth", Authenticator)
@@ -44,7 +43,7 @@ async def whoami(request: web.Request) -> web.Response:
     try:
         principal = await request.app[AUTH].authenticate(request)
     except ProxyError as exc:
-        reason = failure_reason(exc)
+        reason = auth_failure(exc)
         return web.json_response(exc.to_openai_body(), status=exc.status, headers={"X-Reason": str(reason)})
     return web.json_response({"workspace": principal.workspace_name, "key_id": principal.key_id})
 
@@ -111,12 +110,12 @@ async def test_refusals_are_401_openai_shaped_and_never_echo_the_key(client, iss
 async def test_revoked_key_is_401_and_disabled_workspace_is_403(client, store, issued):
     api_key, key = issued
     auth = client.app[AUTH]
-    await store.disable_workspace("acme")
+    await store.set_workspace_disabled("acme", True)
     auth.invalidate()
     status, body, reason = await _call(client, {"Authorization": f"Bearer {key}"})
     assert (status, body["error"]["code"], reason) == (403, "workspace_disabled", "disabled")
     assert "acme" in body["error"]["message"] and key not in str(body)
-    await store.enable_workspace("acme")
+    await store.set_workspace_disabled("acme", False)
     await store.revoke_api_key(api_key.id)
     auth.invalidate()
     status, body, reason = await _call(client, {"Authorization": f"Bearer {key}"})
@@ -128,8 +127,8 @@ async def test_changes_from_another_process_apply_within_the_bound(client, store
     other_process = await Store.open(store.url)  # stands in for the CLI (or another host)
     try:
         assert (await _call(client, {"Authorization": f"Bearer {key}"}))[0] == 200
-        for change, expected in ((other_process.disable_workspace, 403), (other_process.enable_workspace, 200)):
-            await change("acme")
+        for disabled, expected in ((True, 403), (False, 200)):
+            await other_process.set_workspace_disabled("acme", disabled)
             started = time.monotonic()
             while (await _call(client, {"Authorization": f"Bearer {key}"}))[0] != expected:
                 assert time.monotonic() - started < 5, "change not seen within 5 s"

@@ -157,7 +157,7 @@ async def test_admin_billing_api_and_the_statement_equals_the_export(gateway: Ga
 
 async def test_prices_reload_and_old_rows_keep_theirs(gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     gw = await billed(gateway, "5")
-    for name, value in gw.config.env.items():  # a reload reads the process environment, as after SIGHUP
+    for name, value in gw.env.items():  # a reload reads the process environment, as after SIGHUP
         monkeypatch.setenv(name, value)
     await gw.client.chat.completions.create(model=f"cheap/{MODEL}", messages=CHAT)
     source = gw.config.source

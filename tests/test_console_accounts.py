@@ -30,7 +30,7 @@ async def visitors():
 
 
 async def _cli(gw, *args: str) -> tuple[int, str, str]:
-    env = {**gw.config.env, "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    env = {**gw.env, "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "proxy", *args, "--config", str(gw.config.source), env=env, cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)

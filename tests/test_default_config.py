@@ -55,21 +55,21 @@ async def test_default_config_serves_every_lane_offline(tmp_path: Path) -> None:
             _cli(config, env, "billing", "credit", "demo", "10.00", "--note", "demo credit")
     gateway = await GatewayProcess(config, env, tmp_path / "gateway.log").start()
     try:
-        client = openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0)
-        ids = {m.id for m in (await client.models.list()).data}
-        assert {"cheap/gpt-5.4", "resale/gpt-5.4", "byok/openai/gpt-5.4"} <= ids
-        for model in ("cheap/gpt-5.4", "resale/gpt-5.4", "byok/openai/gpt-5.4"):
-            answer = await client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
-            assert "mock" in (answer.choices[0].message.content or "") and answer.usage.total_tokens > 0
-        stream = await client.chat.completions.create(model="resale/gpt-5.4", stream=True,
-                                                      messages=[{"role": "user", "content": "hi"}])
-        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
-        assert text.startswith("Hello from the OneKeyModels mock")
-        events = [e.type async for e in await client.responses.create(model="cheap/gpt-5.4", input="hi", stream=True)]
-        assert events[0] == "response.created" and events[-1] == "response.completed"
-        vectors = await client.embeddings.create(model="cheap/text-embedding-3-small", input=["a", "b"])
-        assert len(vectors.data) == 2 and len(vectors.data[0].embedding) == 8
-        await _the_rest_of_the_stateless_api(client)
+        async with openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0) as client:
+            ids = {m.id for m in (await client.models.list()).data}
+            assert {"cheap/gpt-5.4", "resale/gpt-5.4", "byok/openai/gpt-5.4"} <= ids
+            for model in ("cheap/gpt-5.4", "resale/gpt-5.4", "byok/openai/gpt-5.4"):
+                answer = await client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+                assert "mock" in (answer.choices[0].message.content or "") and answer.usage.total_tokens > 0
+            stream = await client.chat.completions.create(model="resale/gpt-5.4", stream=True,
+                                                          messages=[{"role": "user", "content": "hi"}])
+            text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+            assert text.startswith("Hello from the OneKeyModels mock")
+            events = [e.type async for e in await client.responses.create(model="cheap/gpt-5.4", input="hi", stream=True)]
+            assert events[0] == "response.created" and events[-1] == "response.completed"
+            vectors = await client.embeddings.create(model="cheap/text-embedding-3-small", input=["a", "b"])
+            assert len(vectors.data) == 2 and len(vectors.data[0].embedding) == 8
+            await _the_rest_of_the_stateless_api(client)
     finally:
         gateway.stop()
     assert (tmp_path / "var" / "okm.sqlite3").exists()  # relative paths resolve against the config's folder

@@ -142,6 +142,9 @@ async def test_client_disconnect_mid_stream_closes_the_upstream_connection(gatew
     assert fake.open_connections == 1
     await stream.close()
     assert await fake.wait_no_connections(within_s=1.0) < 1.0
+    async with asyncio.timeout(1.0):  # the handler's cancellation lands a loop turn after the connection closes
+        while fake.cancelled < 1:
+            await asyncio.sleep(0.005)
     assert fake.cancelled == 1
     [row] = await gw.usage_rows(1)
     assert row["outcome"] == "client_cancelled"

@@ -63,7 +63,7 @@ def block(draw: st.DrawFn, data: bytes, event: str | None = None, with_extras: b
     lines = [f.encode() for f in fields] + [b"data:" + draw(st.sampled_from([b"", b" "])) + data]
     eols = [draw(st.sampled_from(EOLS)) for _ in lines]
     last = draw(st.sampled_from(EOLS if eols[-1] != "\r" else ("\r", "\r\n")))  # "\r" + "\n" would be one line end
-    raw = b"".join(line + eol.encode() for line, eol in zip(lines, eols)) + last.encode()
+    raw = b"".join(line + eol.encode() for line, eol in zip(lines, eols, strict=True)) + last.encode()
     return Sent(raw, event, data.decode(), event_id)
 
 

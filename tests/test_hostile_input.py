@@ -187,6 +187,18 @@ async def raw_exchange(gw: Gateway, head: bytes, body: bytes = b"", within_s: fl
     return Answer(int(status_line.split()[1]), headers, payload)
 
 
+def _unchunk(raw: bytes) -> bytes:
+    """A chunked transfer-coded body (ending in the zero chunk) as its plain bytes."""
+    out, rest = bytearray(), raw
+    while True:
+        size_line, rest = rest.split(b"\r\n", 1)
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            return bytes(out)
+        out += rest[:size]
+        rest = rest[size + 2:]
+
+
 def request_head(gw: Gateway, extra: str) -> bytes:
     return (f"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {gw.key}\r\n"
             f"Content-Type: application/json\r\nConnection: close\r\n{extra}\r\n").encode()

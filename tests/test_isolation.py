@@ -15,8 +15,8 @@ import orjson
 import pytest
 
 from proxy import appkeys
+from proxy.store import keys
 from proxy.types import Secret
-from proxy.workspaces import keys
 from tests.conftest import MODEL, PEPPER, Answer, Gateway, pool_key, resale_key
 from tests.fakes import payloads
 from tests.fakes.hostile import CLOSE, metric, scrape
@@ -87,7 +87,7 @@ async def test_auth_cache_never_answers_for_another_workspace_under_churn(gatewa
         fresh: dict[str, str] = {}
         calls = [(name, key) for name in live for key in live[name]] * 3
         results, _ = await asyncio.gather(asyncio.gather(*(models(key) for _, key in calls)), churn())
-        for (name, _), ids in zip(calls, results):
+        for (name, _), ids in zip(calls, results, strict=True):
             assert expect[name] in ids and wrong[name] not in ids
         await auth.refresh()  # the new keys join the next round
         for name, key in fresh.items():
@@ -237,7 +237,7 @@ async def test_interleaved_streams_of_two_workspaces_never_cross(gateway: Any, n
     fake = gw.byok["openai"]
     for i in range(40):
         events = [payloads.sse(payloads.chat_chunk(MODEL, {"content": f"#{i}.{j}"})) for j in range(5)]
-        fake.script(Stream(tuple(itertools.chain.from_iterable((e, 0.005) for e in events)) + (payloads.done(),)))
+        fake.script(Stream((*itertools.chain.from_iterable((e, 0.005) for e in events), payloads.done())))
 
     async def call(i: int) -> tuple[str, bytes]:
         workspace = ("alpha", "beta")[i % n]

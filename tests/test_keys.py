@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from proxy.store import keys
 from proxy.types import Secret
-from proxy.workspaces import keys
 
 KEY_ID, KEY = keys.generate_api_key()
 

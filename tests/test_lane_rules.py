@@ -192,6 +192,18 @@ async def test_every_account_rate_limited_is_429_with_retry_after(gateway: Any) 
 
 
 @pytest.mark.parametrize("stream", [False, True])
+async def test_every_account_rate_limited_with_retry_after_zero_is_429(gateway: Any, stream: bool) -> None:
+    gw: Gateway = await gateway(pool=2)
+    limited = payloads.openai_error("Rate limit reached", "requests", "rate_limit_exceeded")
+    for fake in gw.pool:
+        fake.script(Reply(429, limited, headers={"Retry-After": "0"}))
+    answer = await gw.post("/v1/chat/completions", {"model": f"cheap/{MODEL}", "messages": CHAT, "stream": stream})
+    assert answer.status == 429 and answer.error["code"] == "rate_limited"
+    assert int(answer.headers["Retry-After"]) >= 1  # "0" would tell the client to hammer the pool
+    assert sum(len(u.requests) for u in gw.pool) == 2
+
+
+@pytest.mark.parametrize("stream", [False, True])
 async def test_every_account_failing_is_503_naming_no_account(gateway: Any, stream: bool) -> None:
     gw: Gateway = await gateway(pool=2)
     for i, fake in enumerate(gw.pool):

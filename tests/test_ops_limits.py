@@ -11,7 +11,9 @@ import aiohttp
 import pytest
 
 from proxy.config import RateLimits
-from proxy.http.limits import EffectiveLimits, Limiter, ShedReason, WorkspaceLimited, effective_limits
+from proxy.errors import WorkspaceLimitedError
+from proxy.http.limits import EffectiveLimits, Limiter, effective_limits
+from proxy.types import ShedReason
 from proxy.workspaces.auth import WorkspaceLimits
 from tests.ops_support import (
     app_gateway,
@@ -55,20 +57,20 @@ def test_rpm_bucket_bursts_then_refills_at_the_rate() -> None:
     limits = EffectiveLimits(requests_per_minute=2, concurrent_streams=None)
     limiter.admit(1, False, limits)
     limiter.admit(1, False, limits)
-    with pytest.raises(WorkspaceLimited) as refused:
+    with pytest.raises(WorkspaceLimitedError) as refused:
         limiter.admit(1, False, limits)
     assert refused.value.reason is ShedReason.WORKSPACE_RPM
     assert refused.value.headers() == {"Retry-After": "30"}  # one token per 30 s at 2 per minute
     limiter.admit(2, False, limits)  # another workspace has its own bucket
     clock.now += 29.0
-    with pytest.raises(WorkspaceLimited):
+    with pytest.raises(WorkspaceLimitedError):
         limiter.admit(1, False, limits)  # refused requests took no token: still 1 s to go
     clock.now += 1.0
     limiter.admit(1, False, limits)
     clock.now += 3600
     for _ in range(2):  # an idle hour refills to the burst size, not beyond
         limiter.admit(1, False, limits)
-    with pytest.raises(WorkspaceLimited):
+    with pytest.raises(WorkspaceLimitedError):
         limiter.admit(1, False, limits)
 
 
@@ -76,7 +78,7 @@ def test_stream_slots_are_held_until_released() -> None:
     limiter = Limiter(Clock())
     limits = EffectiveLimits(requests_per_minute=None, concurrent_streams=1)
     ticket = limiter.admit(7, True, limits)
-    with pytest.raises(WorkspaceLimited) as refused:
+    with pytest.raises(WorkspaceLimitedError) as refused:
         limiter.admit(7, True, limits)
     assert refused.value.reason is ShedReason.WORKSPACE_STREAMS and refused.value.status == 429
     limiter.release(limiter.admit(7, False, limits))  # a non-stream request needs no stream slot

@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from proxy.relay.drain import Drain, DrainDeadline
+from proxy.types import Phase
 from tests.ops_support import (
     ENV,
     PYTHON,
@@ -203,7 +204,7 @@ async def test_drain_cuts_every_watched_stream_and_any_that_starts_later() -> No
     running = [asyncio.create_task(stream()) for _ in range(3)]
     assert await quick() == "finished"  # before the cut, a watch changes nothing
     await asyncio.sleep(0)
-    assert drain.streams == 3 and not drain.cutting
+    assert drain.streams == 3 and drain.phase is not Phase.CUTTING
     assert drain.cut() == 3
     assert drain.cut() == 3  # a second cut (a second SIGTERM) is harmless
     assert await asyncio.wait_for(asyncio.gather(*running), 2) == ["cut"] * 3

@@ -129,7 +129,7 @@ def test_message_sequence_order_and_text() -> None:
 
 def test_created_and_in_progress_carry_an_empty_in_progress_response() -> None:
     decoded = _decode(synthesize_response_events(_response([_message()])))
-    for name, body in decoded[:2]:
+    for _name, body in decoded[:2]:
         response = body["response"]
         assert (response["id"], response["status"], response["output"], response["usage"]) == (
             "resp_abc123",

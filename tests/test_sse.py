@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import orjson
@@ -263,7 +264,7 @@ def _expected_after_splits(expected: list[tuple[bytes, Fields]], cuts: set[int])
 
 def _check(stream: bytes, expected: list[tuple[bytes, Fields]], tail: bytes, cuts: list[int]) -> None:
     bounds = [0, *sorted(set(cuts)), len(stream)]
-    events, leftover = decode([stream[a:b] for a, b in zip(bounds, bounds[1:])])
+    events, leftover = decode([stream[a:b] for a, b in itertools.pairwise(bounds)])
     assert b"".join(e.raw for e in events) + leftover == stream
     assert leftover == tail
     assert [(e.raw, fields(e)) for e in events] == _expected_after_splits(expected, set(cuts))

@@ -9,7 +9,7 @@ import stat
 
 import pytest
 
-from proxy.store import Store
+from proxy.store import Store, keys
 from proxy.store.migrations import load_migrations, parse_migrations, split_statements
 from proxy.store.rows import (
     InvalidValue,
@@ -20,7 +20,6 @@ from proxy.store.rows import (
     WorkspaceNotFound,
 )
 from proxy.types import Secret
-from proxy.workspaces import keys
 from proxy.workspaces.crypto import MasterKey, decrypt_provider_key, encrypt_provider_key, generate_master_key
 from tests.pg import fresh_schema
 
@@ -144,9 +143,9 @@ async def test_workspace_lifecycle(store):
     with pytest.raises(WorkspaceNotFound, match="'nope' does not exist"):
         await store.get_workspace("nope")
     with pytest.raises(WorkspaceNotFound):
-        await store.disable_workspace("nope")
-    assert (await store.disable_workspace("acme")).disabled
-    assert not (await store.enable_workspace("acme")).disabled
+        await store.set_workspace_disabled("nope", True)
+    assert (await store.set_workspace_disabled("acme", True)).disabled
+    assert not (await store.set_workspace_disabled("acme", False)).disabled
     assert (await store.set_byok_enabled("acme")).byok_enabled
     assert [w.name for w in await store.list_workspaces()] == ["acme"]
     assert (await store.get_workspace_by_id(ws.id)).name == "acme"
@@ -200,7 +199,7 @@ async def test_auth_version_moves_on_auth_changes_only(store):
     assert await store.auth_version() == versions[-1]
     await store.revoke_api_key(api_key.id)
     versions.append(await store.auth_version())
-    await store.disable_workspace("acme")
+    await store.set_workspace_disabled("acme", True)
     versions.append(await store.auth_version())
     assert versions == sorted(set(versions))
 

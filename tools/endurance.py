@@ -267,12 +267,12 @@ async def drive(args: argparse.Namespace, port: int, key: str, upstream_port: in
         await phase_concurrent(port, key, args, expected_slow, concurrent)
         report["phase1"] = {**concurrent.__dict__, "end_t": round(time.monotonic() - t0, 1)}
         await asyncio.sleep(args.settle_s)
-        report["after_phase1"] = dict(zip(("fds", "client_conns", "upstream_conns"), established(pid, port, upstream_port)))
+        report["after_phase1"] = dict(zip(("fds", "client_conns", "upstream_conns"), established(pid, port, upstream_port), strict=True))
         marks: list[tuple[int, float]] = []
         await phase_sequential(port, key, args.sequential, expected_fast, sequential, pid, marks)
         report["phase2"] = {**sequential.__dict__, "rss_every_1000": marks, "end_t": round(time.monotonic() - t0, 1)}
         await asyncio.sleep(args.settle_s)
-        report["after_phase2"] = dict(zip(("fds", "client_conns", "upstream_conns"), established(pid, port, upstream_port)))
+        report["after_phase2"] = dict(zip(("fds", "client_conns", "upstream_conns"), established(pid, port, upstream_port), strict=True))
         report["after_phase2"]["rss_mib"] = round(rss_mib(pid), 1)
         report["active_streams"] = metrics_value(port, "okm_active_streams{")
         report["in_flight"] = metrics_value(port, "okm_requests_in_flight ")

@@ -19,6 +19,7 @@ from proxy.billing.money import AmountError, parse_amount
 from proxy.config import Config
 from proxy.errors import (
     AuthenticationError,
+    ConflictError,
     InvalidRequestError,
     NotFoundError,
     ProxyError,
@@ -30,18 +31,14 @@ from proxy.store.rows import (
     InvalidValue,
     KeyNotFound,
     StoreError,
+    Workspace,
     WorkspaceExists,
     WorkspaceNotFound,
+    check_workspace_limit,
 )
 from proxy.workspaces.crypto import MasterKeyError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class ConflictError(ProxyError):
-    status = 409
-    type = "invalid_request_error"
-    code = "conflict"
 
 
 def _config(app: web.Application) -> Config:
@@ -78,27 +75,20 @@ def _translate(exc: Exception) -> ProxyError:
     return ServiceUnavailableError(f"The store is unavailable: {exc}", code="store_unavailable")
 
 
-def _error(exc: ProxyError) -> web.Response:
-    return web.Response(
-        status=exc.status, body=exc.body_bytes(), content_type="application/json", headers=exc.headers()
-    )
-
-
 def _json(payload: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(payload), content_type="application/json")
 
 
 def admin_only(handler: Handler) -> Handler:
-    """Token check first, then the handler; every error becomes an OpenAI-shaped JSON body."""
+    """Token check first, then the handler; store and key errors become ProxyErrors, which the
+    request middleware answers like any other (OpenAI-shaped, with X-Request-Id)."""
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
+        _check_token(request)
         try:
-            _check_token(request)
             return await handler(request)
-        except ProxyError as exc:
-            return _error(exc)
         except (StoreError, MasterKeyError) as exc:
-            return _error(_translate(exc))
+            raise _translate(exc) from None
 
     return wrapped
 
@@ -155,10 +145,10 @@ async def get_workspace(request: web.Request) -> web.StreamResponse:
     return _json(admin_ops.workspace_json(workspace, await store.list_byok_providers(workspace.id), requested))
 
 
-def _flag_handler(method: str, *args: Any) -> Handler:
+def _flag_handler(change: Callable[[Store, str], Awaitable[Workspace]]) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         await _body(request, ())
-        workspace = await getattr(_store(request), method)(request.match_info["name"], *args)
+        workspace = await change(_store(request), request.match_info["name"])
         _changed(request)
         return _json(admin_ops.workspace_json(workspace))
 
@@ -168,10 +158,10 @@ def _flag_handler(method: str, *args: Any) -> Handler:
 def _limit(data: dict[str, Any], name: str) -> Any:
     if name not in data:
         return KEEP
-    value = data[name]
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise InvalidRequestError(f"'{name}' must be an integer >= 1, or null for the configured default.", param=name)
-    return value
+    try:
+        return check_workspace_limit(name, data[name])
+    except InvalidValue as exc:
+        raise InvalidRequestError(str(exc), param=name) from None
 
 
 async def set_limits(request: web.Request) -> web.StreamResponse:
@@ -253,10 +243,10 @@ def setup_admin_routes(app: web.Application) -> None:
         (hdrs.METH_GET, "/admin/workspaces", list_workspaces),
         (hdrs.METH_POST, "/admin/workspaces", create_workspace),
         (hdrs.METH_GET, "/admin/workspaces/{name}", get_workspace),
-        (hdrs.METH_POST, "/admin/workspaces/{name}/disable", _flag_handler("set_workspace_disabled", True)),
-        (hdrs.METH_POST, "/admin/workspaces/{name}/enable", _flag_handler("set_workspace_disabled", False)),
-        (hdrs.METH_POST, "/admin/workspaces/{name}/byok-enable", _flag_handler("set_byok_enabled", True)),
-        (hdrs.METH_POST, "/admin/workspaces/{name}/byok-disable", _flag_handler("set_byok_enabled", False)),
+        (hdrs.METH_POST, "/admin/workspaces/{name}/disable", _flag_handler(lambda store, name: store.set_workspace_disabled(name, True))),
+        (hdrs.METH_POST, "/admin/workspaces/{name}/enable", _flag_handler(lambda store, name: store.set_workspace_disabled(name, False))),
+        (hdrs.METH_POST, "/admin/workspaces/{name}/byok-enable", _flag_handler(lambda store, name: store.set_byok_enabled(name, True))),
+        (hdrs.METH_POST, "/admin/workspaces/{name}/byok-disable", _flag_handler(lambda store, name: store.set_byok_enabled(name, False))),
         (hdrs.METH_PATCH, "/admin/workspaces/{name}/limits", set_limits),
         (hdrs.METH_GET, "/admin/workspaces/{name}/keys", list_keys),
         (hdrs.METH_POST, "/admin/workspaces/{name}/keys", create_key),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -17,6 +17,9 @@ from proxy.admin.cli import Command, _handled, _store, _table
 from proxy.billing import reports
 from proxy.billing.money import format_amount
 from proxy.config import Config
+
+if TYPE_CHECKING:
+    from proxy.admin.cli import Subcommands
 
 USAGE_EXPORT = "usage-export"  # `usage export …` is rewritten to this command (see rewrite_argv)
 
@@ -153,12 +156,12 @@ async def usage_export(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+def register(sub: Subcommands, parents: list[argparse.ArgumentParser]) -> None:
     billing = sub.add_parser("billing", help="balances, ledger, budgets, modes, prices, statements", parents=parents)
     group = billing.add_subparsers(dest="billing_command", required=True, metavar="COMMAND")
 
     def leaf(name: str, func: Command, help_text: str, *, read: bool = False) -> argparse.ArgumentParser:
-        parser = group.add_parser(name, help=help_text, parents=parents)
+        parser: argparse.ArgumentParser = group.add_parser(name, help=help_text, parents=parents)
         parser.set_defaults(func=func)
         if read:
             parser.add_argument("--json", action="store_true", help="machine-readable output")

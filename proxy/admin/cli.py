@@ -10,9 +10,9 @@ import argparse
 import datetime as dt
 import getpass
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -20,10 +20,12 @@ from proxy.admin import ops as admin_ops
 from proxy.billing.money import AmountError, format_amount, parse_amount
 from proxy.config import Config
 from proxy.store import Store
-from proxy.store.rows import KEEP, InvalidValue, StoreError, Workspace
-from proxy.workspaces.crypto import MasterKey, MasterKeyError
+from proxy.store.rows import KEEP, InvalidValue, StoreError, Workspace, check_workspace_limit
+from proxy.workspaces.crypto import MasterKey, MasterKeyError, master_key
 
-Command = Callable[[argparse.Namespace, Config], Awaitable[int]]
+Command = Callable[[argparse.Namespace, Config], Coroutine[Any, Any, int]]
+if TYPE_CHECKING:  # argparse has no public name for it, and it is generic only in typeshed
+    Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 @asynccontextmanager
@@ -55,7 +57,7 @@ def _when(ts: float | None, empty: str = "-") -> str:
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [[str(c) for c in headers], *[[str(c) for c in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
 
 
 def _workspace_line(ws: Workspace) -> str:
@@ -86,11 +88,11 @@ async def workspace_list(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _workspace_setter(method: str, *extra: Any) -> Command:
+def _workspace_setter(change: Callable[[Store, str], Awaitable[Workspace]]) -> Command:
     @_handled
     async def run(args: argparse.Namespace, config: Config) -> int:
         async with _store(config) as store:
-            print(_workspace_line(await getattr(store, method)(args.name, *extra)))
+            print(_workspace_line(await change(store, args.name)))
         return 0
 
     return run
@@ -100,12 +102,9 @@ def _limit(text: str) -> int | None:
     if text.lower() in ("default", "none"):
         return None
     try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1 or 'default', got '{text}'")
-    return value
+        return check_workspace_limit("the limit", int(text))
+    except (ValueError, InvalidValue):
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1 or 'default', got '{text}'") from None
 
 
 @_handled
@@ -180,7 +179,7 @@ async def byok_rotate(args: argparse.Namespace, config: Config) -> int:
     configured = config.byok_next_master_key.reveal() if config.byok_next_master_key is not None else None
     value = configured or _read_secret("new master key (base64, input hidden): ")
     new = MasterKey.from_base64(value, env_name)
-    current = admin_ops.current_master_key(config) if config.byok_master_key is not None else None
+    current = master_key(config.byok_master_key, config.byok_master_key_env)
     async with _store(config) as store:
         moved = await admin_ops.rotate_master_key(store, current, new)
     print(f"re-encrypted {moved} BYOK key(s) under the new master key (id {new.key_id}).")
@@ -208,25 +207,26 @@ async def usage_summary(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+def register(sub: Subcommands, parents: list[argparse.ArgumentParser]) -> None:
     """Add the workspace, key, byok and usage commands; each leaf sets `func`."""
 
-    def group(name: str, help_text: str) -> argparse._SubParsersAction:
+    def group(name: str, help_text: str) -> Subcommands:
         parser = sub.add_parser(name, help=help_text, parents=parents)
-        return parser.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND")
+        subcommands: Subcommands = parser.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND")
+        return subcommands
 
-    def leaf(owner: argparse._SubParsersAction, name: str, func: Command, help_text: str) -> argparse.ArgumentParser:
-        parser = owner.add_parser(name, help=help_text, parents=parents)
+    def leaf(owner: Subcommands, name: str, func: Command, help_text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = owner.add_parser(name, help=help_text, parents=parents)
         parser.set_defaults(func=func)
         return parser
 
     ws = group("workspace", "manage workspaces")
     leaf(ws, "create", workspace_create, "create a workspace").add_argument("name")
     leaf(ws, "list", workspace_list, "list workspaces")
-    leaf(ws, "disable", _workspace_setter("disable_workspace"), "refuse the workspace's keys (403)").add_argument("name")
-    leaf(ws, "enable", _workspace_setter("enable_workspace"), "re-enable a disabled workspace").add_argument("name")
-    leaf(ws, "byok-enable", _workspace_setter("set_byok_enabled", True), "allow byok/* models").add_argument("name")
-    leaf(ws, "byok-disable", _workspace_setter("set_byok_enabled", False), "refuse byok/* models").add_argument("name")
+    leaf(ws, "disable", _workspace_setter(lambda store, name: store.set_workspace_disabled(name, True)), "refuse the workspace's keys (403)").add_argument("name")
+    leaf(ws, "enable", _workspace_setter(lambda store, name: store.set_workspace_disabled(name, False)), "re-enable a disabled workspace").add_argument("name")
+    leaf(ws, "byok-enable", _workspace_setter(lambda store, name: store.set_byok_enabled(name, True)), "allow byok/* models").add_argument("name")
+    leaf(ws, "byok-disable", _workspace_setter(lambda store, name: store.set_byok_enabled(name, False)), "refuse byok/* models").add_argument("name")
     limits = leaf(ws, "limits", workspace_limits, "show or set per-workspace rate limits")
     limits.add_argument("name")
     limits.add_argument("--rpm", type=_limit, default=KEEP, metavar="N|default", help="requests per minute")

@@ -12,7 +12,7 @@ from proxy.billing.money import format_amount, money_json
 from proxy.config import Config
 from proxy.store import Store
 from proxy.store.rows import ApiKey, ByokKey, InvalidValue, UsageTotal, Workspace
-from proxy.workspaces.crypto import MasterKey, MasterKeyError, decrypt_provider_key, encrypt_provider_key
+from proxy.workspaces.crypto import MasterKey, MasterKeyError, decrypt_provider_key, encrypt_provider_key, master_key
 
 MAX_PROVIDER_KEY_CHARS = 4096
 
@@ -84,8 +84,9 @@ def usage_json(totals: list[UsageTotal], since: float | None) -> dict[str, Any]:
 
 def current_master_key(config: Config) -> MasterKey:
     """The configured BYOK master key, or MasterKeyError naming the env var to set."""
-    value = config.byok_master_key.reveal() if config.byok_master_key is not None else ""
-    return MasterKey.from_base64(value, config.byok_master_key_env)
+    key = master_key(config.byok_master_key, config.byok_master_key_env, required=True)
+    assert key is not None  # required=True raises instead
+    return key
 
 
 def check_provider_key(provider: str, plaintext: str) -> str:

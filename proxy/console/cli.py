@@ -9,12 +9,16 @@ import argparse
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from proxy.config import Config
 from proxy.console.links import console_base, create_link
 from proxy.store import Store
 from proxy.store.accounts_sql import ROLES, check_email
 from proxy.store.rows import StoreError
+
+if TYPE_CHECKING:
+    from proxy.admin.cli import Subcommands
 
 Command = Callable[[argparse.Namespace, Config], Awaitable[int]]
 
@@ -97,12 +101,12 @@ def _handled(command: Command) -> Command:
     return run
 
 
-def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+def register(sub: Subcommands, parents: list[argparse.ArgumentParser]) -> None:
     group = sub.add_parser("user", help="manage console users", parents=parents)
     users = group.add_subparsers(dest="user_command", required=True, metavar="COMMAND")
 
     def leaf(name: str, func: Command, help_text: str) -> argparse.ArgumentParser:
-        parser = users.add_parser(name, help=help_text, parents=parents)
+        parser: argparse.ArgumentParser = users.add_parser(name, help=help_text, parents=parents)
         parser.set_defaults(func=_handled(func))
         return parser
 

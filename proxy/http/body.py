@@ -15,20 +15,10 @@ from typing import Any
 import orjson
 from aiohttp import hdrs, web
 
-from proxy.errors import InvalidRequestError, RequestTooLargeError
+from proxy.errors import InvalidRequestError, RequestTimeoutError, RequestTooLargeError, UnsupportedMediaError
 
 MAX_DEPTH = 64
 MAX_CONTAINERS = 50_000  # limits.max_json_containers
-
-
-class UnsupportedMediaError(InvalidRequestError):
-    status = 415
-    code = "unsupported_media_type"
-
-
-class RequestTimeoutError(InvalidRequestError):
-    status = 408
-    code = "request_timeout"
 
 
 @dataclass(slots=True)

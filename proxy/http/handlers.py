@@ -13,7 +13,7 @@ from proxy import appkeys, errors
 from proxy.http.pipeline import proxy_request
 from proxy.http.unsupported import add_stateful_routes
 from proxy.runtime import Runtime
-from proxy.types import Endpoint, Lane
+from proxy.types import Endpoint, Lane, Phase
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -68,10 +68,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    state = request.app[appkeys.STATE]
-    if state.draining:
+    phase = request.app[appkeys.DRAIN].phase
+    if phase >= Phase.DRAINING:
         return web.json_response({"status": "draining"}, status=503)
-    if not state.ready:
+    if phase is Phase.STARTING:
         return web.json_response({"status": "starting"}, status=503)
     return web.json_response({"status": "ready"})
 

@@ -15,40 +15,17 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from enum import StrEnum
 
 from aiohttp import web
 
 from proxy import appkeys
 from proxy.config import RateLimits
-from proxy.errors import OverloadedError, RateLimitedError
-from proxy.types import RequestRecord
+from proxy.errors import OverloadedError, WorkspaceLimitedError
+from proxy.types import Principal, ShedReason
 from proxy.workspaces.auth import WorkspaceLimits
 
 OVERLOAD_RETRY_AFTER_S = 1.0  # a shed request is cheap to retry; the cap frees up as streams end
 STREAMS_RETRY_AFTER_S = 1.0  # nobody knows when a stream ends: ask for a prompt retry
-
-
-class ShedReason(StrEnum):
-    """Why a request was refused before any upstream call (label of okm_requests_shed_total)."""
-
-    OVERLOADED = "overloaded"  # limits.max_concurrent_requests reached
-    DRAINING = "draining"  # the listener is closed for a stop; the request came on a kept-alive connection
-    WORKSPACE_RPM = "workspace_rpm"
-    WORKSPACE_STREAMS = "workspace_streams"
-    WORKSPACE_CONCURRENCY = "workspace_concurrency"  # its share of limits.max_concurrent_requests
-
-
-class Overloaded(OverloadedError):
-    def __init__(self, reason: ShedReason, message: str) -> None:
-        super().__init__(message, retry_after=OVERLOAD_RETRY_AFTER_S)
-        self.reason = reason
-
-
-class WorkspaceLimited(RateLimitedError):
-    def __init__(self, reason: ShedReason, message: str, retry_after: float) -> None:
-        super().__init__(message, retry_after=retry_after)
-        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,9 +80,10 @@ class Limiter:
 
     def enter(self, cap: int) -> None:
         if self.in_flight >= cap:
-            raise Overloaded(
+            raise OverloadedError(
                 ShedReason.OVERLOADED,
                 f"the gateway is at its limit of {cap} concurrent requests; retry in a moment",
+                OVERLOAD_RETRY_AFTER_S,
             )
         self.in_flight += 1
 
@@ -119,7 +97,7 @@ class Limiter:
         return self._active.get(workspace_id, 0)
 
     def admit(self, workspace_id: int, stream: bool, limits: EffectiveLimits) -> Ticket:
-        """Take one request (and, for a stream, one stream slot) or raise WorkspaceLimited."""
+        """Take one request (and, for a stream, one stream slot) or raise WorkspaceLimitedError."""
         if stream:
             self._check_streams(workspace_id, limits)
         self.take_request(workspace_id, limits)
@@ -132,7 +110,7 @@ class Limiter:
         """Admit a request whose body is not read yet: one in-flight slot of the workspace's
         share, then one token of its minute bucket (a refusal takes neither)."""
         if self.active(workspace_id) >= cap:
-            raise WorkspaceLimited(
+            raise WorkspaceLimitedError(
                 ShedReason.WORKSPACE_CONCURRENCY,
                 f"this workspace already has {cap} requests in flight, its share of the gateway; "
                 "retry when one has finished",
@@ -155,7 +133,7 @@ class Limiter:
     def _check_streams(self, workspace_id: int, limits: EffectiveLimits) -> None:
         cap = limits.concurrent_streams
         if cap is not None and self.streams(workspace_id) >= cap:
-            raise WorkspaceLimited(
+            raise WorkspaceLimitedError(
                 ShedReason.WORKSPACE_STREAMS,
                 f"this workspace already has {cap} streams open, its limit; retry when one has finished",
                 STREAMS_RETRY_AFTER_S,
@@ -176,7 +154,7 @@ class Limiter:
         bucket.tokens = min(float(rpm), bucket.tokens + (now - bucket.updated) * rate)
         bucket.updated = now
         if bucket.tokens < 1.0:
-            raise WorkspaceLimited(
+            raise WorkspaceLimitedError(
                 ShedReason.WORKSPACE_RPM,
                 f"this workspace is limited to {rpm} requests per minute; retry after the Retry-After delay",
                 (1.0 - bucket.tokens) / rate,
@@ -192,48 +170,37 @@ def _decrement(counts: dict[int, int], workspace_id: int) -> None:
         counts.pop(workspace_id, None)
 
 
-LIMITER: web.AppKey[Limiter] = web.AppKey("limiter", Limiter)
-_TICKET: web.RequestKey[Ticket] = web.RequestKey("okm_workspace_ticket", Ticket)
-
-
-def admit_workspace(request: web.Request, record: RequestRecord) -> None:
-    """Apply the caller's workspace share and minute bucket to an authenticated request whose
-    body is not read yet; raises 429. The admission middleware gives the slots back."""
-    principal = record.principal
-    assert principal is not None, "admit_workspace runs after authentication"
-    app = request.app
+@contextlib.contextmanager
+def workspace_admission(app: web.Application, principal: Principal) -> Iterator[Ticket]:
+    """The workspace's share and minute bucket for an authenticated request whose body is not
+    read yet (429 otherwise), held for the block's length. Everything the ticket holds (its
+    share slot, a stream slot from `admit_stream`) is given back when the block ends."""
     config = app[appkeys.STATE].runtime.config
     cap = workspace_cap(config.limits.max_concurrent_requests, config.limits.max_workspace_share)
-    with _counted(request):
-        request[_TICKET] = app[LIMITER].enter_workspace(principal.workspace_id, cap, _limits_of(request, principal.workspace_id))
+    limiter = app[appkeys.LIMITER]
+    with _counted(app):
+        ticket = limiter.enter_workspace(principal.workspace_id, cap, _limits_of(app, principal.workspace_id))
+    try:
+        yield ticket
+    finally:
+        limiter.release(ticket)
 
 
-def admit_stream(request: web.Request, record: RequestRecord) -> None:
+def admit_stream(app: web.Application, ticket: Ticket) -> None:
     """Once the body says it is a stream: take one of the workspace's stream slots; raises 429."""
-    ticket = request.get(_TICKET)
-    if ticket is None or not record.stream:
-        return
-    with _counted(request):
-        request.app[LIMITER].take_stream(ticket, _limits_of(request, ticket.workspace_id))
+    with _counted(app):
+        app[appkeys.LIMITER].take_stream(ticket, _limits_of(app, ticket.workspace_id))
 
 
-def _limits_of(request: web.Request, workspace_id: int) -> EffectiveLimits:
-    app = request.app
+def _limits_of(app: web.Application, workspace_id: int) -> EffectiveLimits:
     defaults = app[appkeys.STATE].runtime.config.rate_limits
     return effective_limits(defaults, app[appkeys.AUTH].principal_limits(workspace_id))
 
 
 @contextlib.contextmanager
-def _counted(request: web.Request) -> Iterator[None]:
+def _counted(app: web.Application) -> Iterator[None]:
     try:
         yield
-    except WorkspaceLimited as exc:
-        request.app[appkeys.METRICS].shed.labels(exc.reason).inc()
+    except WorkspaceLimitedError as exc:
+        app[appkeys.METRICS].shed.labels(exc.reason).inc()
         raise
-
-
-def release_workspace(request: web.Request, limiter: Limiter) -> None:
-    """Give back the stream slot `admit_workspace` took, if any (once per request)."""
-    ticket = request.pop(_TICKET, None)
-    if ticket is not None:
-        limiter.release(ticket)

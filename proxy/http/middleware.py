@@ -15,10 +15,9 @@ from aiohttp import web
 
 from proxy import appkeys, errors
 from proxy.billing.cost import request_cost
-from proxy.http.pipeline import RECORD
 from proxy.telemetry.accesslog import access_line
-from proxy.types import Endpoint, Outcome, RequestRecord
-from proxy.workspaces.auth import failure_reason
+from proxy.telemetry.outcome import End, end_of_error, record_end
+from proxy.types import Endpoint, RequestRecord
 
 log = logging.getLogger("okm.middleware")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -26,6 +25,7 @@ REQUEST_ID_HEADER = "X-Request-Id"
 
 
 def error_response(exc: errors.ProxyError, request_id: str) -> web.Response:
+    """The one mapping of an error to its OpenAI-shaped JSON answer (proxied, admin and every other route)."""
     headers = {REQUEST_ID_HEADER: request_id, **exc.headers()}
     return web.Response(status=exc.status, body=exc.body_bytes(), content_type="application/json", headers=headers)
 
@@ -41,14 +41,12 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             _count_auth_failure(request, exc)  # e.g. /v1/models with a bad key
             return error_response(exc, request_id)
         except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:  # no such route: still an OpenAI error
-            response = error_response(_route_error(request, exc), request_id)
-            response.headers.extend((k, v) for k, v in exc.headers.items() if k == "Allow")
-            return response
+            return error_response(_route_error(request, exc), request_id)
         if not response.prepared:
             response.headers[REQUEST_ID_HEADER] = request_id
         return response
     record = RequestRecord(request_id, time.time(), time.monotonic(), endpoint)
-    request[RECORD] = record
+    request[appkeys.RECORD] = record
     answer: web.StreamResponse | None = None
     try:
         answer = await handler(request)
@@ -58,20 +56,18 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         return answer
     except errors.ProxyError as exc:
         record.status = exc.status
-        record.outcome = _outcome_of(exc, record)
+        record_end(record, request.app[appkeys.METRICS], end_of_error(exc, record))
         _count_auth_failure(request, exc)
         return error_response(exc, request_id)
     except asyncio.CancelledError:
-        if record.outcome is Outcome.OK and not record.delivered:
-            record.outcome = Outcome.CLIENT_CANCELLED
-            phase = "waiting" if record.status == 0 else "streaming"
-            request.app[appkeys.METRICS].client_disconnects.labels(phase).inc()
+        record_end(record, request.app[appkeys.METRICS], End.CLIENT_LEFT)
         raise
     except Exception:  # a bug of ours: the client still gets an OpenAI error, never a traceback
         if record.status:  # a stream had started: nothing more can be said on it
             raise
         log.exception("unexpected error in request %s", request_id)
-        record.status, record.outcome = 500, Outcome.INTERNAL_ERROR
+        record.status = 500
+        record_end(record, request.app[appkeys.METRICS], End.INTERNAL_ERROR)
         return error_response(errors.ProxyError(f"internal gateway error (request {request_id})"), request_id)
     finally:
         committed = _finish(request, record)
@@ -79,15 +75,12 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             await committed  # a held request's answer goes out once its charge is durable
 
 
-class MethodNotAllowedError(errors.InvalidRequestError):
-    status = 405
-    code = "method_not_allowed"
-
-
 def _route_error(request: web.Request, exc: web.HTTPException) -> errors.ProxyError:
     where = "".join(c if c.isprintable() else "?" for c in f"{request.method} {request.raw_path}"[:200])
     if isinstance(exc, web.HTTPMethodNotAllowed):
-        return MethodNotAllowedError(f"{where} is not supported; allowed: {', '.join(sorted(exc.allowed_methods))}")
+        return errors.MethodNotAllowedError(
+            f"{where} is not supported; allowed: {', '.join(sorted(exc.allowed_methods))}", exc.headers.get("Allow", "")
+        )
     return errors.NotFoundError(f"Invalid URL ({where}); the API lives under /v1/", code="unknown_url")
 
 
@@ -97,19 +90,8 @@ def _route_endpoint(request: web.Request) -> Endpoint | None:
     return endpoint if isinstance(endpoint, Endpoint) else None
 
 
-def _outcome_of(exc: errors.ProxyError, record: RequestRecord) -> Outcome:
-    if isinstance(exc, errors.UpstreamTimeoutError):
-        return Outcome.UPSTREAM_TIMEOUT
-    if record.attempts and isinstance(exc, (errors.UpstreamError, errors.ServiceUnavailableError,
-                                            errors.RateLimitedError, errors.ByokUpstreamAuthError)):
-        return Outcome.UPSTREAM_ERROR
-    if record.attempts and exc.status >= 400 and isinstance(exc, errors.UpstreamStatusError):
-        return Outcome.UPSTREAM_ERROR
-    return Outcome.REJECTED
-
-
 def _count_auth_failure(request: web.Request, exc: errors.ProxyError) -> None:
-    reason = failure_reason(exc)
+    reason = errors.auth_failure(exc)
     if reason is not None:
         request.app[appkeys.METRICS].auth_failures.labels(reason).inc()
 

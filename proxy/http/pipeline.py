@@ -15,26 +15,31 @@ from aiohttp import web
 from proxy import appkeys, errors
 from proxy.billing.holds import take_hold
 from proxy.http.client_request import read_client_request, upstream_request
-from proxy.http.limits import admit_stream, admit_workspace
+from proxy.http.limits import Ticket, admit_stream, workspace_admission
 from proxy.lanes import scrub
+from proxy.lanes.lane import SealedLane
 from proxy.lanes.routing import resolve_route
-from proxy.lanes.targets import CheapLane
 from proxy.relay import metering
 from proxy.relay.attempt import Answer, AttemptFailed, AttemptSpec, attempt
 from proxy.relay.responses_stream import synthesize_response_events
 from proxy.relay.streaming import relay_bytes, stream_answer, synthesized_stream
 from proxy.runtime import Runtime
-from proxy.types import MEDIA_ENDPOINTS, AttemptResult, Endpoint, Lane, RequestRecord, Route, Usage
-
-RECORD: web.RequestKey[RequestRecord] = web.RequestKey("okm_record", RequestRecord)
+from proxy.types import MEDIA_ENDPOINTS, AttemptResult, Endpoint, Lane, RequestRecord, Route, Secret, Usage
 
 
 async def proxy_request(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
     app = request.app
-    runtime: Runtime = app[appkeys.STATE].runtime  # one config generation for the whole request
-    record: RequestRecord = request[RECORD]
+    record = request[appkeys.RECORD]
     record.principal = principal = await app[appkeys.AUTH].authenticate(request)
-    admit_workspace(request, record)  # 429 before the body is read: slow, big and bad bodies cost their workspace
+    # 429 before the body is read: slow, big and bad bodies cost their workspace
+    with workspace_admission(app, principal) as ticket:
+        return await _admitted(request, endpoint, ticket)
+
+
+async def _admitted(request: web.Request, endpoint: Endpoint, ticket: Ticket) -> web.StreamResponse:
+    """Parse and route an admitted request, then serve it from its lane."""
+    app, record = request.app, request[appkeys.RECORD]
+    runtime: Runtime = app[appkeys.STATE].runtime  # one config generation for the whole request
     limits = runtime.config.limits
     body = await read_client_request(request, endpoint, limits)
     record.stream = body.stream
@@ -46,10 +51,12 @@ async def proxy_request(request: web.Request, endpoint: Endpoint) -> web.StreamR
         )
     record.route = route = resolve_route(body.model, runtime.table)
     lane = runtime.lanes.for_route(route)
-    admit_stream(request, record)  # the stream flag is known now; still before any upstream call
+    if body.stream:
+        admit_stream(app, ticket)  # the stream flag is known now; still before any upstream call
     key = None
     if route.lane is Lane.BYOK:
-        key = await app[appkeys.BYOK].key_for(runtime.master_keys, principal, route.provider or "")
+        assert record.principal is not None
+        key = await app[appkeys.BYOK].key_for(runtime.master_keys, record.principal, route.provider or "")
     if runtime.config.billing.enabled:  # a 402 here: nothing has gone upstream
         await take_hold(app, runtime.config.billing, record, body.data, endpoint, body.prompt_bytes)
     data, form = upstream_request(body, endpoint, strict=lane.scrub, model=route.model)
@@ -63,12 +70,20 @@ async def proxy_request(request: web.Request, endpoint: Endpoint) -> web.StreamR
         max_event_bytes=limits.max_event_bytes,
         mask=runtime.mask_for(route.lane),
     )
+    return await _serve(request, runtime, lane, spec, key, body.prompt_bytes)
+
+
+async def _serve(request: web.Request, runtime: Runtime, lane: SealedLane, spec: AttemptSpec, key: Secret | None,
+                 prompt_bytes: int) -> web.StreamResponse:
+    """Admit the usage row, fail over to an answer, then give it to the client."""
+    app, record = request.app, request[appkeys.RECORD]
+    assert record.route is not None
     admission = app[appkeys.USAGE].admit(record)
     try:
-        answer = await failover(app, runtime, lane, route, spec, key, record)
+        answer = await failover(app, runtime, lane, record.route, spec, key, record)
     except asyncio.CancelledError:
         if record.attempts:  # the client left while waiting, but the prompt went upstream: bill an estimate
-            record.usage = metering.estimate(body.prompt_bytes)
+            record.usage = metering.estimate(prompt_bytes)
         raise
     try:
         try:
@@ -77,13 +92,13 @@ async def proxy_request(request: web.Request, endpoint: Endpoint) -> web.StreamR
             if answer.reply is not None:
                 answer.reply.close()  # the client left before the stream reached it: stop the upstream now
             raise
-        return await answer_client(request, answer, spec, record, body.prompt_bytes)
+        return await answer_client(request, answer, spec, record, prompt_bytes)
     finally:
         lane.end(answer.target)
 
 
-async def failover(app: web.Application, runtime: Runtime, lane: Any, route: Route, spec: AttemptSpec,
-                   key: Any, record: RequestRecord) -> Answer:
+async def failover(app: web.Application, runtime: Runtime, lane: SealedLane, route: Route, spec: AttemptSpec,
+                   key: Secret | None, record: RequestRecord) -> Answer:
     """Try the lane's targets in order, before the first byte only; raise the client's error."""
     metrics = app[appkeys.METRICS]
     failures: list[AttemptFailed] = []
@@ -116,28 +131,7 @@ async def failover(app: web.Application, runtime: Runtime, lane: Any, route: Rou
         return answer
     if failures and loop.time() >= deadline:
         raise errors.UpstreamTimeoutError(f"no upstream answered {route.public_model} in time")
-    raise exhausted(lane, route, failures)
-
-
-def exhausted(lane: Any, route: Route, failures: list[AttemptFailed]) -> errors.ProxyError:
-    """The error for a request whose every attempt failed; it names no account."""
-    limited = [f for f in failures if f.result is AttemptResult.RATE_LIMITED]
-    if isinstance(lane, CheapLane):
-        if (failures and len(limited) == len(failures)) or not failures:
-            waits = [f.retry_after for f in limited if f.retry_after is not None]
-            retry_after = min(waits) if waits else lane.soonest_retry_after(route)
-            if limited or retry_after is not None:
-                return errors.RateLimitedError(
-                    f"every Budget pool account for {route.public_model} is rate-limited; retry later",
-                    retry_after=retry_after or lane.pool.policy.cooldown_s,
-                )
-        return errors.NoHealthyUpstreamError(
-            f"no healthy Budget pool account could serve {route.public_model}"
-            + (f" ({len(failures)} attempts failed)" if failures else "")
-        )
-    if not failures:
-        return errors.NoHealthyUpstreamError(f"no upstream is configured for {route.public_model}")
-    return failures[-1].error
+    raise lane.exhausted(route, failures)
 
 
 async def answer_client(request: web.Request, answer: Answer, spec: AttemptSpec, record: RequestRecord,

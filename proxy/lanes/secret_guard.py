@@ -16,11 +16,8 @@ MIN_SECRET_CHARS = 8  # shorter values would mask ordinary text and protect noth
 
 
 def operator_secrets(config: Config) -> tuple[str, ...]:
-    """Every secret value a config resolved (also what log redaction masks)."""
-    secrets = [config.key_pepper, config.admin_token, config.byok_master_key, config.byok_next_master_key]
-    secrets.append(config.store_url.password)
-    secrets += [a.api_key for a in config.cheap_pool] + [p.api_key for p in config.providers.values()]
-    return tuple(s.reveal() for s in secrets if s is not None)
+    """Every secret value a config resolved (Config.secrets, the one list; log redaction masks the same)."""
+    return tuple(s.reveal() for s in config.secrets())
 
 
 class SecretGuard:

@@ -6,9 +6,11 @@ pool's accounts, and the BYOK lane only ever uses the calling workspace's key.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
-from proxy.config import ByokProvider, Config, PoolAccount, Provider, ResaleUpstream
+from proxy import errors
+from proxy.config import ByokProvider, Config, PoolAccount, PoolPolicy, Provider, ResaleUpstream
+from proxy.lanes.lane import FailedAttempt, SealedLane
 from proxy.lanes.pool import Pool
 from proxy.types import AttemptResult, Lane, Route, Secret, UpstreamTarget
 
@@ -19,9 +21,10 @@ class CheapLane:
     lane = Lane.CHEAP
     scrub = True
 
-    def __init__(self, pool: Pool, max_attempts: int) -> None:
+    def __init__(self, pool: Pool, policy: PoolPolicy) -> None:
         self.pool = pool
-        self.max_attempts = max_attempts
+        self.max_attempts = policy.max_attempts
+        self.cooldown_s = policy.cooldown_s
 
     def targets(self, route: Route, key: Secret | None = None) -> Iterator[UpstreamTarget]:
         tried: list[str] = []
@@ -41,8 +44,21 @@ class CheapLane:
     def report(self, target: UpstreamTarget, result: AttemptResult, retry_after: float | None) -> None:
         self.pool.report(target.name, result, retry_after)
 
-    def soonest_retry_after(self, route: Route) -> float | None:
-        return self.pool.soonest_retry_after(route.model)
+    def exhausted(self, route: Route, failures: Sequence[FailedAttempt]) -> errors.ProxyError:
+        """429 when every attempt was rate-limited (or every account is cooling), else 503."""
+        limited = [f for f in failures if f.result is AttemptResult.RATE_LIMITED]
+        if len(limited) == len(failures):
+            waits = [f.retry_after for f in limited if f.retry_after is not None]
+            retry_after = min(waits) if waits else self.pool.soonest_retry_after(route.model)
+            if limited or retry_after is not None:
+                return errors.RateLimitedError(
+                    f"every Budget pool account for {route.public_model} is rate-limited; retry later",
+                    retry_after=self.cooldown_s if retry_after is None else retry_after,
+                )
+        return errors.NoHealthyUpstreamError(
+            f"no healthy Budget pool account could serve {route.public_model}"
+            + (f" ({len(failures)} attempts failed)" if failures else "")
+        )
 
 
 def _pool_target(account: PoolAccount, model: str) -> UpstreamTarget:
@@ -63,8 +79,11 @@ class _PassiveLane:
     def report(self, target: UpstreamTarget, result: AttemptResult, retry_after: float | None) -> None:
         pass
 
-    def soonest_retry_after(self, route: Route) -> float | None:
-        return None
+    def exhausted(self, route: Route, failures: Sequence[FailedAttempt]) -> errors.ProxyError:
+        """The last upstream's own error: these lanes have no pool to summarise."""
+        if not failures:
+            return errors.NoHealthyUpstreamError(f"no upstream is configured for {route.public_model}")
+        return failures[-1].error
 
 
 class ResaleLane(_PassiveLane):
@@ -102,9 +121,10 @@ class LaneSet:
     """The lanes of one config generation; a reload builds a new set (and a fresh pool)."""
 
     def __init__(self, config: Config) -> None:
-        self.cheap = CheapLane(Pool(config.cheap_pool, config.pool_policy), config.pool_policy.max_attempts)
+        self.cheap = CheapLane(Pool(config.cheap_pool, config.pool_policy), config.pool_policy)
         self.resale = ResaleLane(config.providers, config.resale_models)
         self.byok = ByokLane(config.byok_providers)
 
-    def for_route(self, route: Route) -> CheapLane | ResaleLane | ByokLane:
-        return {Lane.CHEAP: self.cheap, Lane.RESALE: self.resale, Lane.BYOK: self.byok}[route.lane]
+    def for_route(self, route: Route) -> SealedLane:
+        lanes: dict[Lane, SealedLane] = {Lane.CHEAP: self.cheap, Lane.RESALE: self.resale, Lane.BYOK: self.byok}
+        return lanes[route.lane]

@@ -18,8 +18,9 @@ from proxy import errors
 from proxy.lanes import replay, scrub
 from proxy.relay.events import StreamRelay
 from proxy.relay.multipart import FormBody
+from proxy.relay.reply import Reply, StreamBroken
 from proxy.relay.sse import EventTooLarge
-from proxy.relay.upstream import Reply, StreamBroken, UpstreamClient, UpstreamFailure
+from proxy.relay.upstream import UpstreamClient, UpstreamFailure
 from proxy.types import BYTES_ENDPOINTS, AttemptResult, Endpoint, UpstreamTarget
 
 MAX_JSON_ANSWER_BYTES = 64 * 1024 * 1024

@@ -1,6 +1,7 @@
-"""Graceful stop bookkeeping: the phases of a drain, and a watch around every relayed stream so
-that at the drain deadline each one is told to stop and can end with an in-band error instead
-of a silent cut. It decides nothing about timing: the server calls `close()` and `cut()`.
+"""The process phase (starting, ready, draining, closed, cutting) as one state, and a watch
+around every relayed stream so that at the drain deadline each one is told to stop and can end
+with an in-band error instead of a silent cut. It decides nothing about timing: the app and the
+server move the phase forward.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from aiohttp import web
+from proxy.types import Phase
 
 
 class DrainDeadline(Exception):
@@ -18,21 +19,20 @@ class DrainDeadline(Exception):
 
 class Drain:
     def __init__(self) -> None:
-        self.refusing = False  # the listener is closed: late requests on kept-alive connections get 503
-        self.cutting = False  # the deadline passed: streams still running are being cut
+        self.phase = Phase.STARTING
         self._scopes: set[asyncio.Timeout] = set()
+
+    def advance(self, phase: Phase) -> None:
+        self.phase = max(self.phase, phase)
 
     @property
     def streams(self) -> int:
         """Streams currently inside `watch()`."""
         return len(self._scopes)
 
-    def close(self) -> None:
-        self.refusing = True
-
     def cut(self) -> int:
         """Stop every watched stream now (and any that starts later); returns how many were cut."""
-        self.cutting = True
+        self.advance(Phase.CUTTING)
         now = asyncio.get_running_loop().time()
         for scope in self._scopes:
             if not scope.expired():  # a second cut must not touch a scope that already fired
@@ -42,7 +42,7 @@ class Drain:
     @contextlib.asynccontextmanager
     async def watch(self) -> AsyncIterator[None]:
         """Run a stream's relay; raises DrainDeadline in the caller if the drain cuts it."""
-        scope = asyncio.timeout(0 if self.cutting else None)  # started after the cut: cut at once
+        scope = asyncio.timeout(0 if self.phase is Phase.CUTTING else None)  # started after the cut: cut at once
         try:
             async with scope:
                 self._scopes.add(scope)
@@ -54,6 +54,3 @@ class Drain:
             if scope.expired():
                 raise DrainDeadline() from exc
             raise
-
-
-DRAIN: web.AppKey[Drain] = web.AppKey("drain", Drain)

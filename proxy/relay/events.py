@@ -17,7 +17,7 @@ from aiohttp import web
 
 from proxy.lanes import scrub
 from proxy.relay import metering, sse
-from proxy.relay.upstream import Reply, StreamBroken
+from proxy.relay.reply import Reply, StreamBroken
 from proxy.types import Endpoint, Usage
 
 TAIL_GRACE_S = 0.05  # how long the end of the body may trail the terminal event
@@ -69,7 +69,7 @@ class StreamRelay:
         try:
             events = self.decoder.feed(chunk)
         except sse.EventTooLarge as exc:
-            exc.forward = self._select(exc.events)  # type: ignore[attr-defined]  # reason: carried to the writer
+            exc.forward = self._select(exc.events)
             raise
         return self._select(events) if events else b""
 
@@ -180,8 +180,8 @@ def inband_error(message: str, code: str, *, responses: bool, sequence_number: i
     if responses:
         payload = {"type": "error", "code": code, "message": message, "param": None, "sequence_number": sequence_number}
         return sse.format_event(orjson.dumps(payload), event="error")
-    payload = {"error": {"message": message, "type": "api_error", "param": None, "code": code}}
-    return sse.format_event(orjson.dumps(payload))
+    error = {"message": message, "type": "api_error", "param": None, "code": code}
+    return sse.format_event(orjson.dumps({"error": error}))
 
 
 def _first_special(chunk: bytes) -> int:

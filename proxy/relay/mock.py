@@ -20,6 +20,7 @@ import orjson
 
 from proxy.relay import mock_media as media
 from proxy.relay.multipart import FormBody, parse_form
+from proxy.relay.reply import Reply
 from proxy.relay.responses_stream import synthesize_response_events
 from proxy.relay.sse import format_event
 from proxy.types import FORM_ENDPOINTS, Endpoint, UpstreamTarget
@@ -31,7 +32,7 @@ _MEDIA_JSON = frozenset({Endpoint.MODERATIONS, Endpoint.INPUT_TOKENS, Endpoint.I
 
 
 class MockReply:
-    """Same surface as upstream.Reply, served from memory."""
+    """A reply.Reply served from memory."""
 
     def __init__(self, status: int, headers: Mapping[str, str], parts: list[bytes], delay_s: float) -> None:
         self.status = status
@@ -64,7 +65,7 @@ class MockProvider:
         self.delay_s = delay_s
 
     def reply(self, target: UpstreamTarget, endpoint: Endpoint, body: bytes, stream: bool,
-              content_type: str = "application/json") -> MockReply:
+              content_type: str = "application/json") -> Reply:
         if endpoint in FORM_ENDPOINTS:
             return self._form_reply(endpoint, parse_form(body, content_type), stream)
         request = orjson.loads(body)
@@ -176,7 +177,7 @@ def _completion_stream(
     pieces[-1] = pieces[-1].rstrip()
 
     def chunk(delta: dict[str, Any] | str, finish: str | None) -> bytes:
-        choice = {"index": 0, "finish_reason": finish, "logprobs": None}
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
         choice.update({"delta": delta} if chat else {"text": delta})
         extra = {"usage": None} if include_usage else {}
         return format_event(orjson.dumps({**base, "choices": [choice], **extra}))

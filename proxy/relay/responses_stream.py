@@ -64,7 +64,7 @@ def synthesize_response_events(response: JSON, *, chunk_chars: int = 64) -> list
     ]
     for index, item in enumerate(final["output"]):
         bodies.extend(_item_events(item, index, chunk_chars))
-    bodies.append((_FINAL_EVENT.get(final.get("status"), EventType.COMPLETED), {"response": final}))
+    bodies.append((_FINAL_EVENT.get(str(final.get("status")), EventType.COMPLETED), {"response": final}))
     return [
         format_event(orjson.dumps({"type": kind, "sequence_number": seq, **body}), kind)
         for seq, (kind, body) in enumerate(bodies)
@@ -86,7 +86,7 @@ def _with_ids(response: JSON) -> JSON:
     suffix = str(rid).removeprefix("resp_")
     output = []
     for index, item in enumerate(_objects(response.get("output"), "output")):
-        prefix = _ID_PREFIX.get(item.get("type"))
+        prefix = _ID_PREFIX.get(str(item.get("type")))
         if prefix and not item.get("id"):
             item = {**item, "id": f"{prefix}_{suffix}_{index}"}
         output.append(item)

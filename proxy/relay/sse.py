@@ -37,6 +37,7 @@ class EventTooLarge(Exception):
         super().__init__(f"server-sent event larger than {limit} bytes")
         self.limit = limit
         self.events = events or []
+        self.forward = b""  # set by StreamRelay.feed: those events' bytes, as the client gets them
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,12 +12,13 @@ from aiohttp import web
 
 from proxy import appkeys
 from proxy.relay.attempt import Answer
-from proxy.relay.drain import DRAIN, DrainDeadline
+from proxy.relay.drain import DrainDeadline
 from proxy.relay.events import ClientStalled, ClientWriter, StreamRelay, collect_usage, finish_tail, inband_error, pump
 from proxy.relay.outgoing import GuardedStreamResponse
+from proxy.relay.reply import StreamBroken
 from proxy.relay.sse import EventTooLarge
-from proxy.relay.upstream import StreamBroken
 from proxy.telemetry.metrics import Metrics
+from proxy.telemetry.outcome import End, record_end
 from proxy.types import Outcome, RequestRecord
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -54,42 +55,34 @@ async def stream_answer(request: web.Request, answer: Answer, headers: Mapping[s
         try:
             stall_s = request.app[appkeys.STATE].runtime.config.limits.client_stall_timeout_s
             client = ClientWriter(response, request.transport, stall_s)
-            async with request.app[DRAIN].watch():
+            async with request.app[appkeys.DRAIN].watch():
                 await pump(chunks, relay, client)
             if not relay.terminal and relay.error is None:  # an upstream in-band error already ended it
                 raise StreamBroken("the upstream closed the stream before it was complete")
             clean = True
-            record.outcome = Outcome.UPSTREAM_ERROR if relay.error is not None else Outcome.OK
+            record_end(record, metrics, End.UPSTREAM_ERROR_EVENT if relay.error is not None else End.COMPLETE)
             record.delivered = relay.terminal  # whatever the client does from now on
             if relay.terminal:
                 await finish_tail(chunks, relay, client)
         except (StreamBroken, EventTooLarge) as exc:
             await _upstream_broke(response, relay, record, exc, metrics)
         except DrainDeadline:
-            record.outcome = Outcome.INTERRUPTED
-            metrics.streams_interrupted.labels(lane, "drain_deadline").inc()
-            metrics.inband_errors.labels(lane).inc()
+            record_end(record, metrics, End.DRAIN_DEADLINE)
             error = inband_error(DRAIN_MESSAGE, "gateway_restarting", responses=relay.responses,
                                  sequence_number=relay.data_events)
             await response.write(error)
         await response.write_eof()
         return response
     except CLIENT_GONE:
-        if not record.delivered:
-            record.outcome = Outcome.CLIENT_CANCELLED
-            metrics.client_disconnects.labels("streaming").inc()
+        record_end(record, metrics, End.CLIENT_LEFT)
         return web.Response(status=499)  # never sent: the client is gone; keeps the handler contract
     except ClientStalled:
-        if not record.delivered:
-            record.outcome = Outcome.CLIENT_CANCELLED
-            metrics.client_disconnects.labels("stalled").inc()
+        record_end(record, metrics, End.CLIENT_STALLED)
         if request.transport is not None:
             request.transport.abort()  # it reads nothing: an in-band error could not reach it either
         return web.Response(status=499)
     except asyncio.CancelledError:
-        if not record.delivered:
-            record.outcome = Outcome.CLIENT_CANCELLED
-            metrics.client_disconnects.labels("streaming").inc()
+        record_end(record, metrics, End.CLIENT_LEFT)
         raise
     finally:
         active.dec()
@@ -107,14 +100,11 @@ async def stream_answer(request: web.Request, answer: Answer, headers: Mapping[s
 async def _upstream_broke(response: web.StreamResponse, relay: StreamRelay, record: RequestRecord,
                           exc: StreamBroken | EventTooLarge, metrics: Metrics) -> None:
     """The upstream failed mid-stream: what it owed still goes out, then one in-band error."""
-    lane = record.route.lane if record.route else "none"
     timeout = isinstance(exc, StreamBroken) and exc.timeout
-    record.outcome = Outcome.UPSTREAM_TIMEOUT if timeout else Outcome.UPSTREAM_ERROR
-    reason = "idle_timeout" if timeout else ("event_too_large" if isinstance(exc, EventTooLarge) else "upstream_broke")
-    metrics.streams_interrupted.labels(lane, reason).inc()
-    metrics.inband_errors.labels(lane).inc()
-    if isinstance(exc, EventTooLarge) and getattr(exc, "forward", b""):
-        await response.write(exc.forward)  # type: ignore[attr-defined]  # reason: set by StreamRelay.feed
+    end = End.IDLE_TIMEOUT if timeout else (End.EVENT_TOO_LARGE if isinstance(exc, EventTooLarge) else End.UPSTREAM_BROKE)
+    record_end(record, metrics, end)
+    if isinstance(exc, EventTooLarge) and exc.forward:
+        await response.write(exc.forward)
     message = exc.message if isinstance(exc, StreamBroken) else "an upstream stream event exceeded the size limit"
     code = "upstream_timeout" if timeout else "upstream_error"
     await response.write(inband_error(message, code, responses=relay.responses, sequence_number=relay.data_events))
@@ -155,14 +145,15 @@ async def relay_bytes(request: web.Request, answer: Answer, headers: Mapping[str
         stall_s = request.app[appkeys.STATE].runtime.config.limits.client_stall_timeout_s
         client = ClientWriter(response, request.transport, stall_s)
         try:
-            async with request.app[DRAIN].watch():
+            async with request.app[appkeys.DRAIN].watch():
                 async for chunk in reply.chunks():
                     await client.write(chunk)
         except (StreamBroken, DrainDeadline) as exc:
             if isinstance(exc, DrainDeadline):
-                record.outcome = Outcome.INTERRUPTED
+                end = End.CUT
             else:
-                record.outcome = Outcome.UPSTREAM_TIMEOUT if exc.timeout else Outcome.UPSTREAM_ERROR
+                end = End.UPSTREAM_TIMED_OUT if exc.timeout else End.UPSTREAM_FAILED
+            record_end(record, metrics, end)  # no in-band error exists for bytes: nothing more is counted
             if request.transport is not None:
                 request.transport.abort()
             return response
@@ -171,14 +162,10 @@ async def relay_bytes(request: web.Request, answer: Answer, headers: Mapping[str
         await response.write_eof()
         return response
     except (*CLIENT_GONE, ClientStalled):
-        if not record.delivered:
-            record.outcome = Outcome.CLIENT_CANCELLED
-            metrics.client_disconnects.labels("streaming").inc()
+        record_end(record, metrics, End.CLIENT_LEFT)
         return web.Response(status=499)
     except asyncio.CancelledError:
-        if not record.delivered:
-            record.outcome = Outcome.CLIENT_CANCELLED
-            metrics.client_disconnects.labels("streaming").inc()
+        record_end(record, metrics, End.CLIENT_LEFT)
         raise
     finally:
         if clean:

@@ -1,7 +1,7 @@
 """The only network client: one pooled ClientSession, one request per attempt, errors mapped once.
 
 aiohttp and timeout exceptions are translated here into UpstreamFailure (before a usable reply)
-or StreamBroken (while reading one); nothing above this module sees aiohttp's exceptions.
+or reply.StreamBroken (while reading one); nothing above this module sees aiohttp's exceptions.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from yarl import URL
 
 from proxy.config import Limits
 from proxy.relay.mock import MockProvider
+from proxy.relay.reply import Reply, StreamBroken, media_type
 from proxy.types import AttemptResult, Endpoint, UpstreamTarget
 
 
@@ -27,46 +28,14 @@ class UpstreamFailure(Exception):
         self.message = message
 
 
-class StreamBroken(Exception):
-    """Reading an upstream reply failed after it had started."""
-
-    def __init__(self, message: str, timeout: bool = False) -> None:
-        super().__init__(message)
-        self.message = message
-        self.timeout = timeout
-
-
 class IdleTimeout(Exception):
     """Set on a reply's stream by the idle watchdog."""
-
-
-class Reply:
-    """An upstream answer whose status and headers have arrived; the body is read on demand."""
-
-    status: int
-    headers: Mapping[str, str]
-
-    @property
-    def content_type(self) -> str:
-        return self.headers.get(hdrs.CONTENT_TYPE, "").split(";", 1)[0].strip().lower()
-
-    async def read(self, limit: int) -> bytes:
-        raise NotImplementedError
-
-    def chunks(self) -> AsyncIterator[bytes]:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        """Drop the connection: used when the exchange did not end cleanly."""
-
-    def release(self) -> None:
-        """Return the connection to the pool after a complete exchange."""
 
 
 LOOP_LAG_S = 0.25  # a timer this late means the event loop itself was blocked, not the upstream
 
 
-class HttpReply(Reply):
+class HttpReply:
     __slots__ = ("_away", "_due", "_idle_s", "_last_read", "_loop", "_resp", "_seen", "_timer", "headers", "status")
 
     def __init__(self, resp: aiohttp.ClientResponse, idle_s: float) -> None:
@@ -80,6 +49,10 @@ class HttpReply(Reply):
         self._away = False  # a chunk is with the consumer (e.g. blocked writing to a slow client)
         self._due = 0.0  # when the armed timer should fire
         self._seen = 0  # bytes the upstream had sent at our last read
+
+    @property
+    def content_type(self) -> str:
+        return media_type(self.headers)
 
     # One timer per reply that re-arms itself, instead of a timer per chunk: the hot path only
     # stores the time of the last read.

@@ -255,3 +255,13 @@ class AccountLink:
     created_at: float
     expires_at: float
     used_at: float | None
+
+
+def check_workspace_limit(field: str, value: object) -> int | None:
+    """The one rule for a workspace's rpm_limit / stream_limit: a whole number >= 1, or None
+    for the config's default. The store, the admin API and the CLI all apply it."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidValue(f"{field} must be a whole number >= 1, or null for the configured default")
+    return value

@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from proxy.store import retention_sql
+from proxy.store import keys, retention_sql
 from proxy.store import usage_sql as usage_store
 from proxy.store.accounts_sql import Accounts
 from proxy.store.billing_store import BillingStore
@@ -37,11 +37,11 @@ from proxy.store.rows import (
     Workspace,
     WorkspaceExists,
     WorkspaceNotFound,
+    check_workspace_limit,
 )
 from proxy.store.sqlite import SqliteDatabase
 from proxy.store_url import POSTGRESQL, StoreUrl, StoreUrlError, parse_store_url
 from proxy.types import Secret
-from proxy.workspaces import keys
 
 WORKSPACE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 KEY_NAME_MAX = 100
@@ -72,10 +72,8 @@ def check_workspace_name(name: str) -> str:
 
 
 def _check_limit(field: str, value: int | Keep | None) -> None:
-    if value is KEEP or value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidValue(f"{field} must be a whole number >= 1, or null for the configured default")
+    if value is not KEEP:
+        check_workspace_limit(field, value)
 
 
 def as_store_url(target: str | os.PathLike[str] | StoreUrl) -> StoreUrl:
@@ -169,12 +167,6 @@ class Store(BillingStore):
         if disabled:
             return await self._update_workspace(name, "disabled_at = COALESCE(disabled_at, ?)", (time.time(),))
         return await self._update_workspace(name, "disabled_at = NULL", ())
-
-    async def disable_workspace(self, name: str) -> Workspace:
-        return await self.set_workspace_disabled(name, True)
-
-    async def enable_workspace(self, name: str) -> Workspace:
-        return await self.set_workspace_disabled(name, False)
 
     async def set_byok_enabled(self, name: str, enabled: bool = True) -> Workspace:
         return await self._update_workspace(name, "byok_enabled = ?", (int(enabled),))
@@ -330,13 +322,13 @@ class Store(BillingStore):
             return await usage_store.mark_interrupted(db)
 
     async def get_usage(self, request_id: str) -> UsageRow | None:
-        return await usage_store.get_row(self, request_id)
+        return await usage_store.get_row(self.db, request_id)
 
     async def usage_summary(self, *, since: float | None = None, workspace: str | None = None) -> list[UsageTotal]:
         """Totals per workspace, lane and model for requests started at or after `since`."""
         if workspace is not None:
             await self.get_workspace(workspace)
-        return await usage_store.summary(self, since, workspace)
+        return await usage_store.summary(self.db, since, workspace)
 
 
 __all__ = ["Store", "StoreError", "check_workspace_name"]

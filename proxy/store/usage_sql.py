@@ -1,21 +1,18 @@
 """SQL for usage rows: batched upserts, crash recovery and the summary query.
 
-Called only by store.Store, inside its transactions or on its read connection; no other
-module writes SQL for usage. Portable: the same text runs on SQLite and PostgreSQL.
+Called only by store.Store, inside its transactions or on its database facade (it imports
+nothing of the Store itself); no other module writes SQL for usage. Portable: the same text runs on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from proxy.store import billing_sql
-from proxy.store.db import Params, Tx
+from proxy.store.db import Database, Params, Tx
 from proxy.store.rows import USAGE_IN_FLIGHT, UsageRow, UsageTotal
 from proxy.types import Outcome
-
-if TYPE_CHECKING:  # only for annotations: store imports this module
-    from proxy.store.store import Store
 
 _COLUMNS = (
     "request_id, started_at, workspace_id, key_id, lane, public_model, upstream, endpoint, stream, status, "
@@ -69,8 +66,8 @@ async def mark_interrupted(db: Tx) -> int:
     return await db.execute("UPDATE usage SET outcome = ? WHERE outcome = ?", (Outcome.INTERRUPTED.value, USAGE_IN_FLIGHT))
 
 
-async def get_row(store: Store, request_id: str) -> UsageRow | None:
-    rows = await store.fetchall(f"SELECT {_COLUMNS} FROM usage WHERE request_id = ?", (request_id,))
+async def get_row(db: Database, request_id: str) -> UsageRow | None:
+    rows = await db.fetchall(f"SELECT {_COLUMNS} FROM usage WHERE request_id = ?", (request_id,))
     if not rows:
         return None
     values = list(rows[0])
@@ -79,7 +76,7 @@ async def get_row(store: Store, request_id: str) -> UsageRow | None:
     return UsageRow(*values)
 
 
-async def summary(store: Store, since: float | None, workspace: str | None) -> list[UsageTotal]:
+async def summary(db: Database, since: float | None, workspace: str | None) -> list[UsageTotal]:
     where, params = "u.started_at >= ?", [Outcome.OK.value, USAGE_IN_FLIGHT, since if since is not None else 0.0]
     if workspace is not None:
         where += " AND w.name = ?"
@@ -94,6 +91,6 @@ async def summary(store: Store, since: float | None, workspace: str | None) -> l
         "GROUP BY w.name, u.lane, u.public_model"
     )
     # int(): PostgreSQL's sum() of BIGINT is NUMERIC (a Decimal in Python)
-    totals = [UsageTotal(*row[:3], *(int(v) for v in row[3:])) for row in await store.fetchall(sql, params)]
+    totals = [UsageTotal(*row[:3], *(int(v) for v in row[3:])) for row in await db.fetchall(sql, params)]
     # Sorted here, not in SQL: the backends order NULLs (and collate text) differently.
     return sorted(totals, key=lambda t: tuple((v is not None, v or "") for v in (t.workspace, t.lane, t.model)))

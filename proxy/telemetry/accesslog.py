@@ -1,5 +1,5 @@
 """The access log: one JSON line per request on stdout (journald), built only from bounded,
-non-secret fields, and passed through the one redaction function every log path uses.
+non-secret fields; the client-supplied model ID passes through telemetry.redaction.
 """
 
 from __future__ import annotations
@@ -7,77 +7,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import sys
 import time
-from collections.abc import Iterable
 from typing import IO
 
 import orjson
-from aiohttp.http_exceptions import HttpProcessingError
 
+from proxy.telemetry.redaction import redact
 from proxy.types import RequestRecord
 
 MAX_MODEL_CHARS = 256  # the public model ID comes from the client
-
-# Anything shaped like a credential is cut out of every log line and error message we write.
-_SECRET_SHAPES = re.compile(
-    r"(okm_[A-Za-z0-9_]{8,}|sk-[A-Za-z0-9_\-*]{6,}|Bearer\s+[^\s\"']+|(?:api[_-]?key|token|secret|password)\"?\s*[:=]\s*\"?[^\s\",}]+)",
-    re.IGNORECASE,
-)
-
-
-MIN_KNOWN_SECRET = 8  # shorter configured values would mangle ordinary words
-
-
-def redact(text: str, known: Iterable[str] = ()) -> str:
-    """Mask credential-shaped substrings and the configured secret values; every log line passes here."""
-    for secret in known:
-        text = text.replace(secret, "[redacted]")
-    return _SECRET_SHAPES.sub("[redacted]", text)
-
-
-class RedactingFormatter(logging.Formatter):
-    def __init__(self, fmt: str, known: Iterable[str] = ()) -> None:
-        super().__init__(fmt)
-        self.known = _usable(known)
-
-    def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record), self.known)
-
-
-def _usable(known: Iterable[str]) -> tuple[str, ...]:
-    return tuple(sorted({k for k in known if len(k) >= MIN_KNOWN_SECRET}, key=len, reverse=True))
-
-
-def set_known_secrets(known: Iterable[str]) -> None:
-    """Tell every redacting handler the current config's secret values (at start and on reload)."""
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler.formatter, RedactingFormatter):
-            handler.formatter.known = _usable(known)
-
-
-def configure_logging(level: str, known: Iterable[str] = ()) -> None:
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", known))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    logging.captureWarnings(True)  # warnings go through the same redaction, not straight to stderr
-    logging.getLogger("aiohttp.server").addFilter(quiet_bad_requests)
-
-
-def quiet_bad_requests(record: logging.LogRecord) -> bool:
-    """A malformed HTTP request (refused by aiohttp's parser before the app runs) is the client's
-    fault: one warning line naming the problem, not an ERROR with a traceback."""
-    exc = record.exc_info[1] if record.exc_info else None
-    if isinstance(exc, HttpProcessingError):
-        record.msg = f"{record.msg}: refused a malformed HTTP request ({type(exc).__name__}: {exc.message})"
-        record.exc_info = None
-        record.exc_text = None
-        record.levelno, record.levelname = logging.WARNING, "WARNING"
-    return True
-
 
 class AccessLog:
     """Access lines gathered in memory and written to stdout together, every FLUSH_S and at stop.

@@ -7,8 +7,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from proxy import appkeys
-from proxy.http.limits import LIMITER
 from proxy.lanes.pool import AccountState
+from proxy.types import Phase
 
 
 class LiveMetrics:
@@ -25,8 +25,8 @@ class LiveMetrics:
         metrics.pool_healthy.clear()
         for health in state.runtime.lanes.cheap.pool.snapshot():
             metrics.pool_healthy.labels(health.name).set(1 if health.state is AccountState.HEALTHY else 0)
-        metrics.in_flight.set(app[LIMITER].in_flight)
-        metrics.draining.set(1 if state.draining else 0)
+        metrics.in_flight.set(app[appkeys.LIMITER].in_flight)
+        metrics.draining.set(1 if app[appkeys.DRAIN].phase >= Phase.DRAINING else 0)
         usage = app.get(appkeys.USAGE)  # absent until the store has opened
         if usage is not None and usage.write_failures > self._usage_failures_seen:
             metrics.usage_write_failures.inc(usage.write_failures - self._usage_failures_seen)

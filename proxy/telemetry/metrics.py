@@ -6,7 +6,7 @@ key, a workspace, a prompt or a model string from a client.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -105,7 +105,7 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def metrics_handler(metrics: Metrics):  # reason: aiohttp handler type is verbose
+def metrics_handler(metrics: Metrics) -> Callable[[web.Request], Awaitable[web.Response]]:
     """A `/metrics` handler bound to one registry (served on the main or the metrics listener)."""
 
     async def handle(request: web.Request) -> web.Response:

@@ -11,15 +11,13 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 
 from aiohttp import hdrs, web
 
-from proxy.errors import AuthenticationError, ServiceUnavailableError, WorkspaceDisabledError
-from proxy.store import Store
+from proxy.errors import KeyRejectedError, ServiceUnavailableError, WorkspaceDisabledError
+from proxy.store import Store, keys
 from proxy.store.rows import AuthEntry, StoreError, Workspace
-from proxy.types import Principal, Secret
-from proxy.workspaces import keys
+from proxy.types import AuthFailure, Principal, Secret
 
 log = logging.getLogger("okm.auth")
 
@@ -27,33 +25,6 @@ CHECK_INTERVAL_S = 1.0  # how stale the cache may be when another process change
 MISS_RECHECK_S = 0.1  # an unknown key may trigger a version check this often, no more
 QUERY_KEY_PARAMS = ("api_key", "api-key", "apikey", "key", "access_token")
 API_KEY_HEADER = "api-key"
-
-
-class AuthFailure(StrEnum):
-    """Why authentication failed; bounded, so it can be a metric label."""
-
-    MISSING = "missing"
-    MALFORMED = "malformed"
-    UNKNOWN = "unknown"
-    REVOKED = "revoked"
-    DISABLED = "disabled"
-
-
-class KeyRejected(AuthenticationError):
-    """401 with the reason kept for metrics; the message never contains the key."""
-
-    def __init__(self, reason: AuthFailure, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class WorkspaceDisabled(WorkspaceDisabledError):
-    reason = AuthFailure.DISABLED
-
-
-def failure_reason(exc: BaseException) -> AuthFailure | None:
-    reason = getattr(exc, "reason", None)
-    return reason if isinstance(reason, AuthFailure) else None
 
 
 MSG_MISSING = "You didn't provide an API key. Send your gateway key as 'Authorization: Bearer <key>' (or an 'api-key' header)."
@@ -72,26 +43,26 @@ MSG_SCHEME = "The Authorization header must use the Bearer scheme: 'Authorizatio
 
 
 def extract_key(request: web.Request) -> str:
-    """The one key a request presents, by the header rules; raises KeyRejected otherwise."""
+    """The one key a request presents, by the header rules; raises KeyRejectedError otherwise."""
     if any(name in request.query for name in QUERY_KEY_PARAMS):
-        raise KeyRejected(AuthFailure.MALFORMED, MSG_QUERY)
+        raise KeyRejectedError(AuthFailure.MALFORMED, MSG_QUERY)
     authorization = request.headers.getall(hdrs.AUTHORIZATION, [])
     api_key = request.headers.getall(API_KEY_HEADER, [])
     if len(authorization) > 1 or len(api_key) > 1:
-        raise KeyRejected(AuthFailure.MALFORMED, MSG_DUPLICATE)
+        raise KeyRejectedError(AuthFailure.MALFORMED, MSG_DUPLICATE)
     candidates = []
     if authorization and authorization[0].strip():
         scheme, _, token = authorization[0].strip().partition(" ")
         if scheme.lower() != "bearer":
-            raise KeyRejected(AuthFailure.MALFORMED, MSG_SCHEME)
+            raise KeyRejectedError(AuthFailure.MALFORMED, MSG_SCHEME)
         candidates.append(token.strip())
     if api_key:
         candidates.append(api_key[0].strip())
     candidates = [c for c in candidates if c]
     if not candidates:
-        raise KeyRejected(AuthFailure.MISSING, MSG_MISSING)
+        raise KeyRejectedError(AuthFailure.MISSING, MSG_MISSING)
     if len(set(candidates)) > 1:
-        raise KeyRejected(AuthFailure.MALFORMED, MSG_CONFLICT)
+        raise KeyRejectedError(AuthFailure.MALFORMED, MSG_CONFLICT)
     return candidates[0]
 
 
@@ -174,17 +145,17 @@ class Authenticator:
     async def authenticate_key(self, key: str) -> Principal:
         key_id = keys.key_id_of(key)
         if key_id is None:
-            raise KeyRejected(AuthFailure.MALFORMED, MSG_MALFORMED)
+            raise KeyRejectedError(AuthFailure.MALFORMED, MSG_MALFORMED)
         snapshot = await self._ensure_fresh(self._interval)
         if key_id not in snapshot.entries:  # maybe a key made a moment ago: wait for a reload in progress
             snapshot = await self._ensure_fresh(MISS_RECHECK_S, wait=True)
         entry = snapshot.entries.get(key_id)
         if entry is None or not hmac.compare_digest(entry.key_hash, keys.hash_api_key(key, self._pepper)):
-            raise KeyRejected(AuthFailure.UNKNOWN, MSG_INVALID)
+            raise KeyRejectedError(AuthFailure.UNKNOWN, MSG_INVALID)
         if entry.revoked:
-            raise KeyRejected(AuthFailure.REVOKED, MSG_INVALID)
+            raise KeyRejectedError(AuthFailure.REVOKED, MSG_INVALID)
         if entry.workspace.disabled:
-            raise WorkspaceDisabled(
+            raise WorkspaceDisabledError(
                 f"Workspace '{entry.workspace.name}' is disabled. Contact your gateway operator."
             )
         return snapshot.principals[key_id]

@@ -75,6 +75,14 @@ class MasterKey:
     __str__ = __repr__
 
 
+def master_key(secret: Secret | None, source: str, *, required: bool = False) -> MasterKey | None:
+    """The master key a config names (the one constructor from config); None when its variable
+    is unset, unless `required` (then MasterKeyError naming `source`)."""
+    if secret is None and not required:
+        return None
+    return MasterKey.from_base64(secret.reveal() if secret is not None else "", source)
+
+
 def generate_master_key() -> str:
     """A fresh master key: base64 of 32 random bytes."""
     return base64.b64encode(secrets.token_bytes(_KEY_BYTES)).decode("ascii")

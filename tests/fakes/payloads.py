@@ -209,7 +209,7 @@ def default_events(path: str, body: JSON, eol: str = "\n") -> list[bytes]:
     events = chat_events(model, eol=eol) if chat else completion_events(model, eol=eol)
     if wants_usage(body):
         events.append(sse(usage_chunk_for(path, model), eol=eol))
-    return events + [done(eol)]
+    return [*events, done(eol)]
 
 
 def wants_usage(body: JSON | None) -> bool:

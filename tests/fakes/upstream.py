@@ -7,12 +7,13 @@ next scripted behaviour (or its default). It never imports the gateway: it only 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Union
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -37,7 +38,7 @@ class Marker(Enum):
 
 
 USAGE = Marker.USAGE
-Piece = Union[bytes, float, Marker]  # bytes are written and drained; a float is a pause in seconds
+Piece = bytes | float | Marker  # bytes are written and drained; a float is a pause in seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,13 +80,13 @@ class Auto:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
-Behaviour = Union[Reply, Stream, Reset, Auto]
+Behaviour = Reply | Stream | Reset | Auto
 
 
 def split(data: bytes, *offsets: int, gap_s: float = 0.0) -> tuple[Piece, ...]:
     """`data` cut at `offsets` into pieces written separately, with a pause of `gap_s` between them."""
     cuts = [0, *sorted(set(o for o in offsets if 0 < o < len(data))), len(data)]
-    parts = [data[a:b] for a, b in zip(cuts, cuts[1:])]
+    parts = [data[a:b] for a, b in itertools.pairwise(cuts)]
     return paced(parts, gap_s)
 
 

@@ -1,7 +1,8 @@
 """Workspace API keys: format, checksum, keyed hash and masked form.
 
-Pure: no I/O and no storage. A key is `okm_<key id:12>_<secret:43><crc32:6>` in base62; the
-key itself is never stored, only `hash_api_key(key, pepper)` and `mask_key(key)`.
+Pure: no I/O. A key is `okm_<key id:12>_<secret:43><crc32:6>` in base62; the key itself is
+never stored, only `hash_api_key(key, pepper)` and `mask_key(key)`. It lives with the store,
+which issues keys and keeps their hashes, so the store imports nothing above it.
 """
 
 from __future__ import annotations
