@@ -152,6 +152,36 @@ async def test_speech_is_relayed_as_it_arrives(gateway: Any, lane: str) -> None:
     assert (row["endpoint"], row["status"], row["outcome"]) == ("audio/speech", 200, "ok")
 
 
+async def test_speech_sse_stream_with_usage(gateway: Any) -> None:
+    gw: Gateway = await gateway(pool=1)
+    usage = {"input_tokens": 4, "output_tokens": 40, "total_tokens": 44}
+    gw.pool[0].script(Stream((payloads.sse({"type": "speech.audio.delta", "audio": "SUQz"}), 0.02,
+                              payloads.sse({"type": "speech.audio.done", "usage": usage}))))
+    async with gw.client.audio.speech.with_streaming_response.create(
+            model=f"cheap/{MODEL}", voice="alloy", input="hello", stream_format="sse") as response:
+        assert response.headers["content-type"] == "text/event-stream"
+        text = (await response.read()).decode()
+    assert '"speech.audio.delta"' in text and '"speech.audio.done"' in text
+    assert gw.pool[0].requests[0].body["stream_format"] == "sse"
+    row = await _row(gw)
+    assert (row["stream"], row["outcome"], row["total_tokens"]) == (1, "ok", 44)
+
+
+async def test_images_edit_stream(gateway: Any) -> None:
+    gw: Gateway = await gateway(pool=1)
+    done = {"type": "image_edit.completed", "b64_json": "iVBO", "created_at": 1, "size": "1024x1024",
+            "quality": "low", "background": "opaque", "output_format": "png", "usage": payloads.MEDIA_USAGE}
+    gw.pool[0].script(Stream((payloads.sse({**done, "type": "image_edit.partial_image", "partial_image_index": 0},
+                                           event="image_edit.partial_image"), 0.02,
+                              payloads.sse(done, event="image_edit.completed"))))
+    stream = await gw.client.images.edit(model=f"cheap/{MODEL}", image=("in.png", payloads.PNG, "image/png"),
+                                         prompt="blue", stream=True, partial_images=1)
+    assert [e.type async for e in stream] == ["image_edit.partial_image", "image_edit.completed"]
+    assert form_fields(gw.pool[0].requests[0])["stream"] == b"true"
+    row = await _row(gw)
+    assert (row["stream"], row["outcome"], row["total_tokens"]) == (1, "ok", 33)
+
+
 async def test_speech_that_breaks_off_is_never_a_complete_file(gateway: Any) -> None:
     gw: Gateway = await gateway(pool=1)
     gw.pool[0].script(Stream((b"ID3" + b"\0" * 100, 0.05), content_type="audio/mpeg", end=End.RESET))

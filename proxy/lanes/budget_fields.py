@@ -44,22 +44,24 @@ BUDGET_FIELDS: Mapping[str, EndpointFields] = MappingProxyType({
         refused=("previous_response_id", "conversation", "prompt"), refused_if_true=("background",),
         has_store=True),
     "responses/input_tokens": EndpointFields(
-        _TOOLS | {"input", "instructions", "reasoning", "text", "truncation"},
+        _TOOLS | {"input", "instructions", "personality", "reasoning", "text", "truncation"},
         refused=("previous_response_id", "conversation")),
     "completions": EndpointFields(_SAMPLING | _STREAMING | {"prompt", "best_of", "echo", "suffix"}),
     "embeddings": EndpointFields(frozenset({"input", "dimensions", "encoding_format"})),
     "moderations": EndpointFields(frozenset({"input"})),
     "images/generations": EndpointFields(frozenset({
         "prompt", "background", "moderation", "n", "output_compression", "output_format", "partial_images",
-        "quality", "response_format", "size", "stream", "style"})),
+        "quality", "response_format", "size", "stream", "style", "complexity", "frame_count", "frame_duration_ms",
+        "svg"})),
     "images/edits": EndpointFields(frozenset({
         "image", "mask", "prompt", "background", "input_fidelity", "n", "output_compression", "output_format",
-        "partial_images", "quality", "response_format", "size", "stream"})),
+        "partial_images", "quality", "response_format", "size", "stream", "complexity", "frame_count",
+        "frame_duration_ms", "markup", "svg"})),
     "audio/speech": EndpointFields(frozenset({"input", "voice", "instructions", "response_format", "speed",
                                               "stream_format"})),
     "audio/transcriptions": EndpointFields(frozenset({
         "file", "chunking_strategy", "include", "language", "prompt", "response_format", "stream", "temperature",
-        "timestamp_granularities", "known_speaker_names", "known_speaker_references"})),
+        "timestamp_granularities", "known_speaker_names", "known_speaker_references", "keywords", "languages"})),
     "audio/translations": EndpointFields(frozenset({"file", "prompt", "response_format", "temperature"})),
 })
 # Message fields that name a person: chat `messages[].name` ("an optional name for the participant").
