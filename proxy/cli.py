@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from proxy import __version__
 from proxy.admin import billing_cli
 from proxy.admin import cli as admin_cli
 from proxy.admin.cli import Command
-from proxy.config import load_config
+from proxy.config import load_config, parse_workers
 from proxy.console import cli as console_cli
 from proxy.errors import ConfigError
 
@@ -24,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m proxy", description="OneKeyModels gateway", parents=[common])
     parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("serve", parents=[common], help="run the gateway")
+    serve = sub.add_parser("serve", parents=[common], help="run the gateway")
+    serve.add_argument("--workers", help="worker processes on the listen port: N or auto (overrides the config)")
     sub.add_parser("check-config", parents=[common], help="validate a config file and exit")
     admin_cli.register(sub, [common])
     billing_cli.register(sub, [common])
@@ -43,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from proxy.server import serve  # keeps CLI commands from importing the whole server
 
+        if args.workers is not None:
+            try:
+                config = dataclasses.replace(config, workers=parse_workers(args.workers, "--workers"))
+            except ConfigError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
         return serve(config)
     if args.command == "check-config":
         pool = len(config.cheap_pool)

@@ -24,6 +24,7 @@ from proxy.types import Secret
 PROVIDER_KINDS = ("openai", "mock")
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 DEFAULT_RETENTION_DAYS = 400  # usage rows; older ones live on as daily totals (usage_daily)
+MAX_WORKERS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +156,7 @@ class Config:
     usage_retention_days: int = DEFAULT_RETENTION_DAYS
     billing: PriceBook = DISABLED
     console: ConsoleConfig = ConsoleConfig()
+    workers: int = 1  # worker processes on the listen port (proxy/supervisor.py when > 1)
 
     def secrets(self) -> tuple[Secret, ...]:
         """Every secret value this config resolved: the one list that log redaction and the
@@ -190,6 +192,17 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     config = _build(root, source, env)
     root.reject_unknown()
     return config
+
+
+def parse_workers(value: object, where: str = "workers") -> int:
+    """`auto` (the CPU count) or a whole number from 1 to MAX_WORKERS."""
+    if value == "auto":
+        return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
+        raise ConfigError(f"{where}: must be 'auto' or a whole number from 1 to {MAX_WORKERS}")
+    return value
 
 
 def _store_url(store: Reader) -> StoreUrl:
@@ -258,6 +271,7 @@ def _build(root: Reader, source: Path, env: dict[str, str]) -> Config:
         byok_providers=MappingProxyType(byok),
         drain_unready_delay_s=unready_delay,
         event_loop=root.choice("event_loop", EVENT_LOOPS, default="auto"),
+        workers=parse_workers(root._get("workers", 1)),
         byok_next_master_key=root.optional_secret_named(next_master_env),
         byok_next_master_key_env=next_master_env,
         billing=billing,

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,7 +27,9 @@ from proxy.http.limits import Limiter
 from proxy.lanes.secret_guard import operator_secrets
 from proxy.reload import reload_config
 from proxy.store.rows import StoreError
+from proxy.supervisor_env import WORKER_ENV
 from proxy.telemetry.metrics import metrics_handler
+from proxy.telemetry.notify import notify
 from proxy.telemetry.redaction import configure_logging
 from proxy.types import Phase
 from proxy.workspaces.crypto import MasterKeyError
@@ -37,6 +39,7 @@ log = logging.getLogger("okm.server")
 CUT_GRACE_S = 5.0  # after the deadline: time for cut streams to write their error and for usage to land
 CLEANUP_TIMEOUT_S = 2.0  # aiohttp then cancels whatever still runs (e.g. a non-stream request upstream)
 POLL_S = 0.05
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass(slots=True)
@@ -65,6 +68,10 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def serve(config: Config) -> int:
+    if config.workers > 1 and WORKER_ENV not in os.environ:
+        from proxy.supervisor import supervise  # reason: a worker never needs the supervisor
+
+        return supervise(config)
     configure_logging(config.log.level, operator_secrets(config))
     try:
         with asyncio.Runner(loop_factory=loop_factory(config.event_loop)) as runner:
@@ -92,29 +99,76 @@ async def _serve(config: Config) -> None:
     )
     await runner.setup()
     metrics_runner: web.AppRunner | None = None
+    worker = _worker_slot()
+    refresher: asyncio.Task[None] | None = None
     try:
-        site = web.TCPSite(runner, config.listen.host, config.listen.port, reuse_address=True)
+        port = config.listen.port if worker is None else worker[1]
+        site = web.TCPSite(runner, config.listen.host, port, reuse_address=True, reuse_port=worker is not None)
         await site.start()
-        metrics_runner = await _start_metrics_listener(app, config)
+        metrics_runner = await _start_metrics_listener(app, config, shared=worker is not None)
+        if worker is not None:
+            refresher = _start_worker_metrics(app, restarted=worker[2])
         log.info("serving on http://%s:%d (event loop: %s)", *runner.addresses[0][:2], type(loop).__module__.split(".")[0])
         _notify("READY=1")
         await _serve_until_stop(app, signals)
         await _drain(app, site, signals)
     finally:
+        if refresher is not None:
+            await _cancel(refresher)
         await runner.cleanup()  # closes what is left, then the app's cleanup contexts flush usage
         if metrics_runner is not None:
             await metrics_runner.cleanup()
     log.info("stopped")
 
 
-async def _start_metrics_listener(app: web.Application, config: Config) -> web.AppRunner | None:
+def _worker_slot() -> tuple[int, int, bool] | None:
+    """(index, port, restarted) when this process is a supervisor's worker."""
+    value = os.environ.get(WORKER_ENV)
+    if not value:
+        return None
+    _stop_with_the_supervisor()
+    index, port, restarted = value.split(":")
+    return int(index), int(port), restarted == "1"
+
+
+def _stop_with_the_supervisor() -> None:
+    """Linux PR_SET_PDEATHSIG: SIGTERM (a drain) when the supervisor dies, even by SIGKILL."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() == 1:  # the supervisor was already gone before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _start_worker_metrics(app: web.Application, *, restarted: bool) -> asyncio.Task[None]:
+    """Under a supervisor: live gauges written every second (a scrape may land on any worker)."""
+    metrics = app[appkeys.METRICS]
+    if restarted:
+        metrics.worker_restarts.inc()
+
+    async def refresh() -> None:
+        while True:
+            metrics.refresh()
+            await asyncio.sleep(1.0)
+
+    return asyncio.create_task(refresh(), name="worker-metrics")
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _start_metrics_listener(app: web.Application, config: Config, *, shared: bool = False) -> web.AppRunner | None:
     if config.metrics_listen is None:
         return None
     metrics_app = web.Application()
     metrics_app.router.add_get("/metrics", metrics_handler(app[appkeys.METRICS]))
     runner = web.AppRunner(metrics_app, access_log=None, shutdown_timeout=CLEANUP_TIMEOUT_S)
     await runner.setup()
-    await web.TCPSite(runner, config.metrics_listen.host, config.metrics_listen.port, reuse_address=True).start()
+    site = web.TCPSite(runner, config.metrics_listen.host, config.metrics_listen.port, reuse_address=True,
+                       reuse_port=shared)  # workers share it: any one answers with every worker's totals
+    await site.start()
     log.info("metrics on http://%s:%d/metrics", *runner.addresses[0][:2])
     return runner
 
@@ -181,14 +235,4 @@ async def _until_idle(limiter: Limiter, hurry: asyncio.Event | None, timeout: fl
 
 
 def _notify(message: str) -> None:
-    """sd_notify(3) without libsystemd: a datagram to $NOTIFY_SOCKET (Type=notify units)."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]  # abstract socket namespace
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.sendto(message.encode(), address)
-        except OSError as exc:
-            log.warning("could not notify systemd (%s): %s", message, exc)
+    notify(message)

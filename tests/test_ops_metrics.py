@@ -44,6 +44,7 @@ FAMILIES = {
     "okm_usage_write_failures_total": "counter", "okm_config_reloads_total": "counter",
     "okm_requests_in_flight": "gauge", "okm_draining": "gauge",
     "okm_cost_micros_total": "counter", "okm_billing_refusals_total": "counter",
+    "okm_requests_in_flight": "gauge", "okm_draining": "gauge", "okm_worker_restarts_total": "counter",
 }
 CHAT = "chat/completions"
 

@@ -22,7 +22,9 @@ class LiveMetrics:
         app = self._app
         metrics, state = app[appkeys.METRICS], app[appkeys.STATE]
         # clear() first: accounts removed by a reload must disappear, not freeze at their last value
-        metrics.pool_healthy.clear()
+        # (multiprocess files cannot be cleared: there a removed account stays until the restart)
+        if metrics.multiprocess_dir is None:
+            metrics.pool_healthy.clear()
         for health in state.runtime.lanes.cheap.pool.snapshot():
             metrics.pool_healthy.labels(health.name).set(1 if health.state is AccountState.HEALTHY else 0)
         metrics.in_flight.set(app[appkeys.LIMITER].in_flight)

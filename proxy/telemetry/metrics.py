@@ -6,11 +6,15 @@ key, a workspace, a prompt or a model string from a client.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import os
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from proxy.types import RequestRecord
 
@@ -33,7 +37,8 @@ class Metrics:
                                 ["lane", "upstream", "outcome"], registry=r)
         self.fallbacks = Counter("okm_fallbacks_total", "Requests retried on another upstream of the same lane.",
                                  ["lane"], registry=r)
-        self.active_streams = Gauge("okm_active_streams", "Streams currently being relayed.", ["lane"], registry=r)
+        self.active_streams = Gauge("okm_active_streams", "Streams currently being relayed.", ["lane"], registry=r,
+                                    multiprocess_mode="livesum")
         self.tokens = Counter("okm_tokens_total", "Tokens accounted, by kind (prompt, completion).",
                               ["lane", "kind"], registry=r)
         self.cost = Counter("okm_cost_micros", "Cost charged to workspaces, in micro-units of billing.currency.",
@@ -41,7 +46,7 @@ class Metrics:
         self.billing_refusals = Counter("okm_billing_refusals", "Requests refused for money (402), by reason.",
                                         ["reason"], registry=r)
         self.pool_healthy = Gauge("okm_pool_account_healthy", "1 while a Budget pool account is in rotation.",
-                                  ["account"], registry=r)
+                                  ["account"], registry=r, multiprocess_mode="livemin")
         self.auth_failures = Counter("okm_auth_failures_total", "Rejected workspace credentials, by reason.",
                                      ["reason"], registry=r)
         self.client_disconnects = Counter("okm_client_disconnects_total", "Clients that left before the end, by phase.",
@@ -62,8 +67,13 @@ class Metrics:
         self.config_reloads = Counter("okm_config_reloads_total", "Config reloads, by result (ok, failed).",
                                       ["result"], registry=r)
         self.in_flight = Gauge("okm_requests_in_flight",
-                               "Proxied requests in flight (what limits.max_concurrent_requests caps).", registry=r)
-        self.draining = Gauge("okm_draining", "1 while the process is stopping (readiness fails).", registry=r)
+                               "Proxied requests in flight (what limits.max_concurrent_requests caps).", registry=r,
+                               multiprocess_mode="livesum")
+        self.draining = Gauge("okm_draining", "1 while the process is stopping (readiness fails).", registry=r,
+                              multiprocess_mode="livemax")
+        self.worker_restarts = Counter("okm_worker_restarts_total",
+                                       "Worker processes the supervisor restarted after they died.", registry=r)
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")  # set by the supervisor for its workers
         self._scrape_hooks: list[Callable[[], None]] = []
         self._children: dict[tuple[object, ...], Any] = {}  # see child()
 
@@ -99,10 +109,34 @@ class Metrics:
         if record.cost_micros > 0:
             self.child(self.cost, lane).inc(record.cost_micros)
 
-    def render(self) -> bytes:
+    def refresh(self) -> None:
         for hook in self._scrape_hooks:
             hook()
-        return generate_latest(self.registry)
+
+    def render(self) -> bytes:
+        """This process's registry; under workers, every worker's files summed (each counted once)."""
+        self.refresh()
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        registry.register(_Declared(self.registry, MultiProcessCollector(None, self.multiprocess_dir)))
+        return generate_latest(registry)
+
+
+class _Declared(Collector):
+    """Multiprocess families, plus every declared family none has written yet (HELP/TYPE from start)."""
+
+    def __init__(self, local: CollectorRegistry, shared: MultiProcessCollector) -> None:
+        self._local, self._shared = local, shared
+
+    def collect(self) -> Iterator[Metric]:
+        seen = set()
+        for family in self._shared.collect():
+            seen.add(family.name)
+            yield family
+        for family in self._local.collect():
+            if family.name not in seen:
+                yield Metric(family.name, family.documentation, family.type)
 
 
 def metrics_handler(metrics: Metrics) -> Callable[[web.Request], Awaitable[web.Response]]:
