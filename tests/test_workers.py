@@ -45,7 +45,7 @@ def children(pid: int) -> list[int]:
     return sorted(found)
 
 
-async def _until(check: Callable[[], bool], timeout: float = 15.0) -> None:
+async def _until(check: Callable[[], bool], timeout: float = 45.0) -> None:
     async with asyncio.timeout(timeout):
         while not check():
             await asyncio.sleep(0.05)
@@ -84,7 +84,7 @@ async def test_two_workers_share_a_port_restart_reload_and_stop(tmp_path: Path) 
             keys = await make_keys(tmp_path / "okm.sqlite3", "acme")
             async with process_gateway(config, notify_socket=tmp_path / "notify.sock") as gw:
 
-                assert await asyncio.wait_for(loop.sock_recv(listener, 4096), 15) == b"READY=1"
+                assert await asyncio.wait_for(loop.sock_recv(listener, 4096), 60) == b"READY=1"
                 assert "all 2 workers ready" in gw.output  # READY came after every worker was ready
                 workers = children(gw.proc.pid)
                 assert len(workers) == 2
@@ -97,7 +97,7 @@ async def test_two_workers_share_a_port_restart_reload_and_stop(tmp_path: Path) 
                 assert sample(await _scrape(gw.url), "okm_worker_restarts_total") == 0.0
 
                 os.kill(workers[0], signal.SIGKILL)  # connections already queued on it are reset (documented)
-                await gw.wait_for_line(r"worker \d \(pid \d+\) died with status -9 .* restart 1 in")
+                await gw.wait_for_line(r"worker \d \(pid \d+\) died with status -9 .* restart 1 in", timeout=30)
                 assert await _requests(gw.url, keys["acme"], 20) == [200] * 20  # the other one serves
                 await _until(lambda: len(children(gw.proc.pid)) == 2 and workers[0] not in children(gw.proc.pid))
                 await _until(lambda: gw.output.count("serving on") == 3)
@@ -108,7 +108,7 @@ async def test_two_workers_share_a_port_restart_reload_and_stop(tmp_path: Path) 
 
                 config.write_text(config.read_text() + "\nbogus: [\n")
                 gw.signal(signal.SIGHUP)
-                await gw.wait_for_line("config reload refused by the supervisor")
+                await gw.wait_for_line("config reload refused by the supervisor", timeout=30)
                 assert await _requests(gw.url, keys["acme"], 4) == [200] * 4
                 write_config(tmp_path, data)
                 gw.signal(signal.SIGHUP)
@@ -154,7 +154,7 @@ async def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> Non
     async with fake_upstream() as up:
         config = write_config(tmp_path, config_data(up, workers=2))
         async with process_gateway(config) as gw:
-            await gw.wait_for_line("all 2 workers ready")
+            await gw.wait_for_line("all 2 workers ready", timeout=60)
             workers = children(gw.proc.pid)
             assert len(workers) == 2
             gw.proc.kill()
