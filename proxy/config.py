@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from proxy.billing.money import AmountError, parse_amount
 from proxy.billing.prices import DISABLED, PriceBook, read_price_book
 from proxy.config_reader import Reader, read_env_file
 from proxy.errors import ConfigError
@@ -127,6 +128,7 @@ class ConsoleConfig:
     topup_text: str = ""
     public_url: str | None = None  # e.g. https://onekeymodels.com: quickstart base URL and CLI links
     client_ip_header: str | None = None  # behind a proxy: the header naming the client (e.g. X-Real-IP)
+    signup_credit_micros: int = 0  # a top-up for each workspace created by open sign-up (billing on)
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,9 +297,19 @@ def _console(r: Reader) -> ConsoleConfig:
         topup_text=r.string("topup_text") if r.has("topup_text") else "",
         public_url=r.url("public_url") if r.has("public_url") else None,
         client_ip_header=r.string("client_ip_header") if r.has("client_ip_header") else None,
+        signup_credit_micros=_signup_credit(r),
     )
     r.reject_unknown()
     return console
+
+
+def _signup_credit(r: Reader) -> int:
+    if not r.has("signup_credit"):
+        return 0
+    try:
+        return parse_amount(r.string("signup_credit"), what="amount", negative=False)
+    except AmountError as exc:
+        r.fail("signup_credit", str(exc))
 
 
 def _listen(r: Reader, default: Listen | None) -> Listen:

@@ -76,5 +76,15 @@ class ConsoleClient:
         return await self.post("/console/login", {"email": email, "password": password})
 
 
-async def console_gateway(gateway: GatewayFactory, **console: Any) -> Gateway:
+BILLING = {"enabled": True, "prices": {"cheap/*": {"input": "1.00", "output": "2.00"},
+                                       "resale/*": {"input": "2.00", "output": "8.00"},
+                                       "byok/*": {"request": "0.0002"}}}
+
+
+async def console_gateway(gateway: GatewayFactory, *, billing: bool = False, **console: Any) -> Gateway:
+    """A test gateway with the console on (open sign-up unless `signup=` says otherwise); with
+    `billing=True` requests are priced and each sign-up gets a 5.00 credit."""
+    if billing:
+        console.setdefault("signup_credit", "5.00")
+        return await gateway(billing=BILLING, extra={"console": {**CONSOLE, **console}})
     return await gateway(extra={"console": {**CONSOLE, **console}})

@@ -45,10 +45,11 @@ async def _reload_until(page, selector: str, text: str, within_s: float = 5.0) -
 
 
 async def test_new_customer_journey(gateway, browser):  # noqa: F811  # reason: the fixture imported above
-    gw = await console_gateway(gateway)
+    gw = await console_gateway(gateway, billing=True)
     context, page, alerts = await _new_page(browser, gw)
     await _sign_up(page, "founder@example.com", "startup")
     assert "Waiting for your first request" in await page.inner_text("#first-request")
+    assert (await page.inner_text("#balance")).strip() == "5.000000 USD"  # the sign-up credit
     assert gw.url + "/v1" == (await page.inner_text("#base-url")).strip()
 
     await page.click("nav.tabs >> text=API keys")
@@ -70,7 +71,11 @@ async def test_new_customer_journey(gateway, browser):  # noqa: F811  # reason: 
         latest = await _reload_until(page, "main", f"cheap/{MODEL}")
         assert f"cheap/{MODEL}" in latest
         row = (await gw.usage_rows(1))[-1]
-        assert row["request_id"] in latest
+        cost = (await gw.app[appkeys.STORE].fetchall("SELECT cost_micros FROM usage WHERE request_id = ?",
+                                                    (row["request_id"],)))[0][0]
+        assert cost > 0 and row["request_id"] in latest
+        shown = f"0.{cost:06d}" if cost < 1_000_000 else None
+        assert shown and shown in await page.inner_text("#latest")
         async with page.expect_download() as download_info:
             await page.click("#csv-link")
         download = await download_info.value
@@ -79,6 +84,13 @@ async def test_new_customer_journey(gateway, browser):  # noqa: F811  # reason: 
         record = dict(zip(CSV_COLUMNS, next(csv.reader([lines[-1]])), strict=True))
         assert record["request_id"] == row["request_id"] and record["model"] == f"cheap/{MODEL}"
         assert record["status"] == "200" and int(record["input_tokens"]) == row["prompt_tokens"]
+        assert record["cost"] == shown and record["estimated"] in ("true", "false")
+
+        await page.click("nav.tabs >> text=Billing")
+        assert f"4.{1_000_000 - cost:06d} USD" in await page.inner_text("#balance")  # 5.00 minus the request
+        assert shown in await page.inner_text("#month-spend")
+        assert f"cheap/{MODEL}" in await page.inner_text("#statement")
+        assert "sign-up credit" in await page.inner_text("#ledger")
 
         await page.click("nav.tabs >> text=API keys")
         await page.click("button.danger")

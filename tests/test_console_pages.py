@@ -100,7 +100,7 @@ async def _fill_usage(gw, workspace: str, rows: int) -> None:
 
 
 async def test_usage_page_counts_and_every_page_is_fast_with_10000_rows(gateway, visitors):
-    gw = await console_gateway(gateway)
+    gw = await console_gateway(gateway, billing=True)
     alice = visitors(gw)
     await alice.signup("alice@example.com", "acme")
     await _fill_usage(gw, "acme", 10_000)
@@ -129,3 +129,34 @@ async def test_usage_page_counts_and_every_page_is_fast_with_10000_rows(gateway,
     print("console page medians with 10,000 usage rows (ms):",
           ", ".join(f"{k} {v:.1f}" for k, v in timings.items()), f"; usage.csv (10,000 lines) {csv_ms:.0f}")
     assert max(timings.values()) < 50, timings
+
+
+async def test_billing_page_budget_by_owners_only(gateway, visitors):
+    gw = await console_gateway(gateway, billing=True)
+    owner = visitors(gw)
+    await owner.signup("owner@example.com", "acme")
+    page = await owner.get("/console/w/acme/billing")
+    assert "5.000000 USD" in page.text and "sign-up credit" in page.text and "No budget set." in page.text
+    page = await owner.post("/console/w/acme/billing/budget", {"budget": "1e3"})
+    assert page.status == 400 and "not a decimal amount" in page.text
+    page = await owner.post("/console/w/acme/billing/budget", {"budget": "12.50"})
+    assert page.status == 200 and "12.500000 USD per calendar month" in page.text
+    assert (await gw.app[appkeys.STORE].get_workspace("acme")).budget_micros == 12_500_000
+    await owner.get("/console/w/acme/members")
+    invite = await owner.post("/console/w/acme/members/invite", {"email": "m@example.com", "role": "member"})
+    link = invite.text.split('<code id="invite-link">', 1)[1].split("</code>", 1)[0]
+    member = visitors(gw)
+    await member.get(link[link.index("/console/"):])
+    await member.post(link[link.index("/console/"):], {"password": PASSWORD})
+    page = await member.get("/console/w/acme/billing")
+    assert page.status == 200 and "Save budget" not in page.text
+    assert (await member.post("/console/w/acme/billing/budget", {"budget": "none"})).status == 403
+    await owner.get("/console/w/acme/billing")
+    await owner.post("/console/w/acme/billing/budget", {"budget": ""})
+    assert (await gw.app[appkeys.STORE].get_workspace("acme")).budget_micros is None
+
+
+async def test_signup_credit_only_with_billing(gateway, visitors):
+    gw = await console_gateway(gateway, signup_credit="5.00")  # billing off: nothing to credit
+    await visitors(gw).signup("a@example.com", "acme")
+    assert not await gw.app[appkeys.STORE].fetchall("SELECT id FROM billing_ledger")

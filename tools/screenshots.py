@@ -53,14 +53,19 @@ async def _example_usage(app: web.Application) -> None:
     store = app[appkeys.STORE]
     ws = await store.get_workspace(WORKSPACE)
     key = (await store.list_api_keys(WORKSPACE))[0]
+    prices = {"cheap": (500_000, 2_000_000, 0), "resale": (1_250_000, 10_000_000, 0), "byok": (0, 0, 200)}
     rng, now, rows = random.Random(3), time.time(), []
-    for i in range(2400):
+    for i in range(1500):
         age = rng.triangular(0, 29 * 86400, 0)
         lane = rng.choices(("cheap", "resale", "byok"), (6, 3, 1))[0]
         model = {"cheap": "cheap/gpt-5.4-mini", "resale": "resale/gpt-5.4", "byok": "byok/openai/gpt-5.4"}[lane]
         prompt, completion = rng.randint(50, 1500), rng.randint(20, 900)
+        per_in, per_out, per_request = prices[lane]
+        cost = -(-(prompt * per_in + completion * per_out) // 1_000_000) + per_request  # rounded up, as billed
         rows.append(UsageRow(f"req_example_{i:05d}", now - 3600 - age, ws.id, key.id, lane, model, "mock",
-                             "chat/completions", False, 200, "ok", prompt, completion, prompt + completion))
+                             "chat/completions", False, 200, "ok", prompt, completion, prompt + completion,
+                             cost_micros=cost))
+    await store.add_ledger_entry(WORKSPACE, 20_000_000, "topup", "invoice 1042", "admin")
     await store.write_usage([], rows)
 
 

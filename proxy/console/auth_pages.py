@@ -98,7 +98,9 @@ async def signup(request: web.Request) -> web.StreamResponse:
     email, workspace = field(request, "email").strip(), field(request, "workspace").strip()
     try:
         password_hash = await passwords.hash_password(field(request, "password"))
-        user, ws = await request.config_dict[appkeys.STORE].accounts.sign_up(email, password_hash, workspace)
+        config = request.config_dict[appkeys.STATE].runtime.config
+        credit = config.console.signup_credit_micros if config.billing.enabled else 0
+        user, ws = await request.config_dict[appkeys.STORE].accounts.sign_up(email, password_hash, workspace, credit)
     except (passwords.WeakPassword, StoreError) as exc:
         return _signup_page(request, str(exc), status=400, email=email, workspace=workspace)
     request.config_dict[appkeys.AUTH].invalidate()

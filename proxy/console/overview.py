@@ -8,6 +8,7 @@ from aiohttp import web
 
 from proxy import appkeys
 from proxy.console.access import Page, on_workspace, signed_in
+from proxy.console.billing_page import billing_summary
 from proxy.console.render import redirect, render
 from proxy.console.sessions import Visitor, console_config
 from proxy.runtime import Runtime
@@ -53,11 +54,6 @@ async def overview(request: web.Request, page: Page) -> web.StreamResponse:
         billing=await billing_summary(request, page.workspace),
     )
     return render(request, "overview.html", context, visitor=page.visitor)
-
-
-async def billing_summary(request: web.Request, workspace: Workspace) -> dict[str, object] | None:
-    """Balance and month-to-date spend for the overview, when the gateway prices requests."""
-    return None
 
 
 async def _current(request: web.Request, visitor: Visitor) -> str | None:

@@ -47,7 +47,7 @@ def count(value: int | None) -> str:
     return "0" if not value else f"{int(value):,}"
 
 
-FILTERS: dict[str, Callable[..., str]] = {"when": when, "money": money, "count": count}
+FILTERS: dict[str, Callable[..., str]] = {"when": when, "money": money, "count": count, "decimal": decimal}
 
 
 def redirect(location: str) -> web.Response:

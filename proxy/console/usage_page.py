@@ -4,26 +4,23 @@ latest requests, plan and model filters, and a CSV download with the columns of 
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
 import time
 
 from aiohttp import web
 
 from proxy import appkeys
+from proxy.billing import reports
 from proxy.console.access import Page, on_workspace
 from proxy.console.charts import stacked_bars
-from proxy.console.render import count, decimal, money, render
+from proxy.console.render import count, money, render
 from proxy.store.console_sql import DAY_S
 from proxy.types import Lane
 
 DAYS = 30
 LATEST = 25
-CSV_LIMIT = 100_000
 PLANS = (Lane.CHEAP.value, Lane.RESALE.value, Lane.BYOK.value)
-CSV_COLUMNS = ("time", "request_id", "key_id", "model", "lane", "status", "outcome", "input_tokens",
-               "cached_input_tokens", "output_tokens", "reasoning_tokens", "cost", "estimated")
+CSV_COLUMNS = reports.EXPORT_FIELDS
 
 
 def window_start(now: float) -> float:
@@ -45,7 +42,8 @@ async def usage_page(request: web.Request, page: Page) -> web.StreamResponse:
     days = [dt.datetime.fromtimestamp(first_day + i * DAY_S, dt.UTC).date().isoformat() for i in range(DAYS)]
     series = {kind: {plan: [0] * DAYS for plan in PLANS} for kind in ("requests", "tokens", "cost")}
     totals = {plan: {"requests": 0, "tokens": 0, "cost": 0} for plan in PLANS}
-    for row in await store.console.daily(page.workspace.id, first_day, DAYS, lane, model):
+    daily = await store.console.daily(page.workspace.id, first_day, DAYS, lane, model)
+    for row in daily:
         if row.lane not in totals:
             continue
         for kind, value in (("requests", row.requests), ("tokens", row.tokens), ("cost", row.cost_micros)):
@@ -59,7 +57,9 @@ async def usage_page(request: web.Request, page: Page) -> web.StreamResponse:
     context = page.context(
         "usage", charts=charts, totals=totals, plans=PLANS, lane=lane, model=model, days=days,
         latest=await store.console.latest(page.workspace.id, first_day, LATEST, lane, model),
-        models=await store.console.models_used(page.workspace.id, first_day),
+        # the day totals name every model used, unless a model filter narrowed them to one
+        models=await store.console.models_used(page.workspace.id, first_day) if model else
+        sorted({r.model for r in daily if r.model}),
         query=request.query_string,
     )
     return render(request, "usage.html", context, visitor=page.visitor)
@@ -67,18 +67,14 @@ async def usage_page(request: web.Request, page: Page) -> web.StreamResponse:
 
 @on_workspace
 async def usage_csv(request: web.Request, page: Page) -> web.StreamResponse:
-    """Every request of the 30-day window (filters applied), oldest first."""
-    store = request.config_dict[appkeys.STORE]
+    """Every finished request of the 30-day window (filters applied), oldest first, in the
+    columns and format of `usage export` (one source: proxy.billing.reports)."""
     lane, model = _filters(request)
-    rows = await store.console.latest(page.workspace.id, window_start(time.time()), CSV_LIMIT, lane, model)
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for r in reversed(rows):
-        when = dt.datetime.fromtimestamp(r.started_at, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        writer.writerow((when, r.request_id, r.key_id or "", r.model or "", r.lane or "", r.status, r.outcome,
-                         r.input_tokens, r.cached_input_tokens, r.output_tokens, r.reasoning_tokens,
-                         decimal(r.cost_micros) if r.cost_micros is not None else "", str(r.estimated).lower()))
+    since = dt.datetime.fromtimestamp(window_start(time.time()), dt.UTC).date().isoformat()
+    parts = [reports.export_header("csv")]
+    async for row in reports.export_rows(request.config_dict[appkeys.STORE], page.workspace.name, since):
+        if (lane is None or row["lane"] == lane) and (model is None or row["model"] == model):
+            parts.append(reports.export_line(row, "csv"))
     name = f"usage-{page.workspace.name}-{dt.datetime.now(dt.UTC).date().isoformat()}.csv"
-    return web.Response(body=out.getvalue().encode(), content_type="text/csv",
+    return web.Response(body="".join(parts).encode(), content_type="text/csv",
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})

@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from proxy.store import billing_sql
 from proxy.store.db import Tx
 from proxy.store.rows import (
     AccountError,
@@ -69,8 +70,10 @@ class Accounts:
 
     # --- users ----------------------------------------------------------------------------
 
-    async def sign_up(self, email: str, password_hash: str, workspace_name: str) -> tuple[User, Workspace]:
-        """A new user and their first workspace, with them as its owner, in one transaction."""
+    async def sign_up(self, email: str, password_hash: str, workspace_name: str,
+                      credit_micros: int = 0) -> tuple[User, Workspace]:
+        """A new user and their first workspace, with them as its owner, and (if `credit_micros`)
+        a sign-up top-up in the workspace's ledger: all in one transaction."""
         from proxy.store.store import check_workspace_name  # here: store.py imports this module
 
         email, now = check_email(email), time.time()
@@ -84,6 +87,11 @@ class Accounts:
             ws_id = (await _fetch(db, "SELECT id FROM workspaces WHERE name = ?", (workspace_name,)))[0][0]
             user_id = await self._insert_user(db, email, password_hash, ws_id, now)
             await self._add_member(db, user_id, ws_id, "owner", now)
+            if credit_micros > 0:
+                await db.execute(billing_sql.ENSURE_ACCOUNT, (ws_id,))
+                await db.fetchone(billing_sql.INSERT_LEDGER, (ws_id, credit_micros, "topup", "sign-up credit",
+                                                             "console:signup", now))
+                await db.execute(billing_sql.ADD_CREDITS, (credit_micros, ws_id))
         return await self.user_by_id(user_id), await self._store.get_workspace(workspace_name)
 
     @staticmethod

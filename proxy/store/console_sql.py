@@ -22,6 +22,7 @@ DAY_S = 86400
 class DayTotal:
     day: int  # index into the window's days, 0 = the first
     lane: str
+    model: str | None
     requests: int
     tokens: int
     cost_micros: int
@@ -73,7 +74,7 @@ class ConsoleReads:
 
     async def daily(self, workspace_id: int, first_day: float, days: int, lane: str | None = None,
                     model: str | None = None) -> list[DayTotal]:
-        """Requests, tokens and cost per day and lane over `days` UTC days from `first_day` on.
+        """Requests, tokens and cost per day, lane and model over `days` UTC days from `first_day` on.
 
         The day bounds are our own integers, written into the SQL as a VALUES list, so each day
         is one range on the index (and the SQL runs unchanged on SQLite and PostgreSQL).
@@ -82,19 +83,20 @@ class ConsoleReads:
         where, params = _filters(lane, model)
         sql = (
             f"WITH days (d, lo, hi) AS (VALUES {bounds}) "
-            "SELECT days.d, u.lane, count(*), sum(u.total_tokens), 0 "
+            "SELECT days.d, u.lane, u.public_model, count(*), sum(u.total_tokens), sum(u.cost_micros) "
             "FROM days JOIN usage u ON u.workspace_id = ? AND u.started_at >= days.lo AND u.started_at < days.hi "
-            f"WHERE u.lane IS NOT NULL{where} GROUP BY days.d, u.lane ORDER BY days.d, u.lane"
+            f"WHERE u.lane IS NOT NULL{where} GROUP BY days.d, u.lane, u.public_model"
         )
         rows = await self._store.fetchall(sql, (workspace_id, *params))
-        return [DayTotal(int(r[0]), r[1], int(r[2]), int(r[3] or 0), int(r[4] or 0)) for r in rows]
+        return [DayTotal(int(r[0]), r[1], r[2], int(r[3]), int(r[4] or 0), int(r[5] or 0)) for r in rows]
 
     async def latest(self, workspace_id: int, since: float, limit: int, lane: str | None = None,
                      model: str | None = None) -> list[RecentRequest]:
         where, params = _filters(lane, model)
         sql = (
             "SELECT u.request_id, u.started_at, u.key_id, u.public_model, u.lane, u.status, u.outcome, "
-            "u.prompt_tokens, 0, u.completion_tokens, 0, u.total_tokens, u.tokens_estimated, NULL FROM usage u "
+            "u.prompt_tokens, u.cached_input_tokens, u.completion_tokens, u.reasoning_tokens, u.total_tokens, "
+            "u.tokens_estimated, u.cost_micros FROM usage u "
             f"WHERE u.workspace_id = ? AND u.started_at >= ?{where} ORDER BY u.started_at DESC LIMIT ?"
         )
         rows = await self._store.fetchall(sql, (workspace_id, since, *params, limit))
@@ -108,10 +110,10 @@ class ConsoleReads:
         )
         return [r[0] for r in await self._store.fetchall(sql, (workspace_id, since))]
 
-    async def key_requests(self, workspace_id: int) -> dict[str, tuple[int, int]]:
-        """key id → (requests, spend in micro-units) over the key's whole life."""
-        sql = "SELECT key_id, count(*), 0 FROM usage WHERE workspace_id = ? AND key_id IS NOT NULL GROUP BY key_id"
-        return {r[0]: (int(r[1]), int(r[2] or 0)) for r in await self._store.fetchall(sql, (workspace_id,))}
+    async def key_requests(self, workspace_id: int) -> dict[str, int]:
+        """key id → requests over the key's whole life (its spend is on the key's row)."""
+        sql = "SELECT key_id, count(*) FROM usage WHERE workspace_id = ? AND key_id IS NOT NULL GROUP BY key_id"
+        return {r[0]: int(r[1]) for r in await self._store.fetchall(sql, (workspace_id,))}
 
     # --- BYOK ------------------------------------------------------------------------------
 
