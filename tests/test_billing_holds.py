@@ -100,6 +100,9 @@ async def test_budget_and_key_limit_refuse_before_the_upstream(gateway: GatewayF
     assert (await admin(gw, "PUT", "/admin/workspaces/ws/billing/mode", {"mode": "postpaid"}))[0] == 200
     ok = await gw.post("/v1/chat/completions", {"model": f"cheap/{MODEL}", "messages": CHAT, "max_tokens": 1000})
     assert ok.status == 200  # postpaid: no balance needed
+    await gw.usage_rows(1)
+    first = await gw.app[appkeys.STORE].get_usage(ok.headers["X-Request-ID"])
+    assert first is not None and first.hold_micros == 0  # postpaid without limits: no hold, no store trip
     status, balance = await admin(gw, "PUT", "/admin/workspaces/ws/billing/budget", {"budget": "0.000500"})
     assert status == 200 and balance["budget_micros"] == 500
     over = await gw.post("/v1/chat/completions", {"model": f"cheap/{MODEL}", "messages": CHAT, "max_tokens": 1000})

@@ -105,3 +105,24 @@ async def test_budget_ledger_statement_and_export(store_url: str) -> None:
         assert (account.mode, account.budget_micros, account.balance_micros) == ("postpaid", 150_000, -90_000)
     finally:
         await store.close()
+
+
+async def test_usage_sums_never_overflow(store_url: str) -> None:
+    """Rows an older gateway wrote with absurd counts (up to 2**62 each) still add up without an
+    integer-overflow error: every row counts at most the per-request cap."""
+    store = await Store.open(store_url)
+    try:
+        workspace = await store.create_workspace("acme")
+        async with store.transaction() as tx:
+            for i in range(4):
+                await tx.execute(
+                    "INSERT INTO usage (request_id, started_at, workspace_id, lane, public_model, endpoint, outcome, "
+                    "prompt_tokens, completion_tokens, total_tokens) VALUES (?, ?, ?, 'cheap', 'cheap/m', "
+                    "'chat/completions', 'ok', ?, ?, ?)", (f"old-{i}", time.time(), workspace.id, 2**62, 2**62, 2**62))
+        [total] = await store.usage_summary(workspace="acme")
+        assert (total.requests, total.prompt_tokens, total.total_tokens) == (4, 4 * 100_000_000, 4 * 100_000_000)
+        now = time.time()
+        [line] = await store.statement_lines(workspace.id, now - 60, now + 60)
+        assert int(line[3]) == 4 * 100_000_000
+    finally:
+        await store.close()
