@@ -15,8 +15,8 @@ PEPPER = Secret("pepper")
 MONTH = time.strftime("%Y-%m", time.gmtime())
 
 
-def hold(i: int, key_id: str, amount: int = 100_000, owner: str = "a") -> HoldRequest:
-    return HoldRequest(f"req-{i}", 1, key_id, amount, owner, MONTH)
+def hold(i: int, key_id: str, amount: int = 100_000, owner: str = "a", limited: bool = False) -> HoldRequest:
+    return HoldRequest(f"req-{i}", 1, key_id, amount, owner, MONTH, key_limited=limited)
 
 
 def final(h: HoldRequest, cost: int, started_at: float | None = None) -> UsageRow:
@@ -67,14 +67,17 @@ async def test_holds_cleared_by_owner_and_all(store_url: str) -> None:
         key, _ = await store.create_api_key("acme", PEPPER, spend_limit_micros=350_000)
         await store.add_ledger_entry("acme", 10_000_000, "topup", "", "ops")
         for i, owner in enumerate(("a", "a", "b")):
-            assert await store.take_hold(hold(i, key.id, owner=owner), decide(100_000, "USD", MONTH)) is None
-        refusal = await store.take_hold(hold(9, key.id), decide(100_000, "USD", MONTH))
+            assert await store.take_hold(hold(i, key.id, owner=owner, limited=True), decide(100_000, "USD", MONTH)) is None
+        refusal = await store.take_hold(hold(9, key.id, limited=True), decide(100_000, "USD", MONTH))
         assert refusal is not None and refusal.error.code == "key_limit_exceeded"  # 300 000 held of a 350 000 limit
         assert await store.clear_holds("a") == 2
         assert (await store.billing_account("acme")).held_micros == 100_000
         assert await store.clear_holds(None) == 1
         assert (await store.billing_account("acme")).held_micros == 0
-        assert await store.take_hold(hold(10, key.id), decide(200_000, "USD", MONTH)) is None
+        assert await store.take_hold(hold(10, key.id, limited=True), decide(200_000, "USD", MONTH)) is None
+        assert await store.take_hold(hold(11, key.id), decide(100_000, "USD", MONTH)) is None  # the one-trip path
+        assert (await store.billing_account("acme")).held_micros == 200_000
+        assert await store.clear_holds(None) == 2
     finally:
         await store.close()
 

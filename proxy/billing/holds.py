@@ -109,7 +109,8 @@ async def take_hold(app: web.Application, book: PriceBook, record: RequestRecord
     if amount <= 0:
         return
     month = dt.datetime.now(dt.UTC).strftime("%Y-%m")
-    hold = HoldRequest(record.request_id, principal.workspace_id, principal.key_id, amount, app[OWNER], month)
+    hold = HoldRequest(record.request_id, principal.workspace_id, principal.key_id, amount, app[OWNER], month,
+                       key_limited=principal.key_limited)
     try:
         refusal = await app[appkeys.STORE].take_hold(hold, decide(amount, book.currency, month))
     except StoreError as exc:

@@ -11,7 +11,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from proxy.store import billing_sql as sql
-from proxy.store.db import Params, Row, Tx
+from proxy.store.db import Database, Params, Row, Tx
 from proxy.store.rows import (
     ApiKey,
     BillingAccount,
@@ -29,8 +29,13 @@ NOTE_MAX = 500
 FAR_FUTURE = float(2**40)  # an `until` later than any request
 
 
+_EMPTY = BillingAccount(0, "prepaid", None, 0, 0, 0, "", 0)  # explains a refusal whose account vanished
+
+
 class BillingStore:
     """Mixed into Store, which provides transactions, reads and the workspace/key getters."""
+
+    db: Database
 
     def transaction(self) -> AbstractAsyncContextManager[Tx]:
         raise NotImplementedError  # reason: provided by Store
@@ -45,9 +50,18 @@ class BillingStore:
         raise NotImplementedError  # reason: provided by Store
 
     async def take_hold(self, hold: HoldRequest, decide: sql.Decide) -> Any:
-        """Check and hold in one transaction; returns decide()'s refusal, or None once held."""
-        async with self.transaction() as tx:
-            return await sql.take_hold(tx, hold, decide, time.time())
+        """Check and hold in one transaction; returns decide()'s refusal, or None once held.
+
+        Without a key limit: one batch (one trip) and, only when refused, a read to explain why.
+        With one: a transaction that locks the account and the key rows and lets `decide` rule."""
+        if hold.key_limited:
+            async with self.transaction() as tx:
+                return await sql.take_hold(tx, hold, decide, time.time())
+        await self.db.execute_batch(sql.hold_statements(hold, time.time()))
+        if await self.db.fetchone(sql.HELD, (hold.request_id,)) is not None:
+            return None
+        refusal = await sql.explain_refusal(self.db, hold, decide)
+        return refusal if refusal is not None else decide(_EMPTY, None)
 
     async def clear_holds(self, owner: str | None) -> int:
         """Drop the holds a dead process left (all of them when owner is None); returns how many."""

@@ -208,6 +208,7 @@ class HoldRequest:
     amount_micros: int
     owner: str
     month: str  # the current month, YYYY-MM (UTC)
+    key_limited: bool = False  # the key has a spend limit: the hold locks the key's row too (slower path)
 
 
 class AccountError(StoreError):

@@ -233,3 +233,6 @@ CREATE TABLE usage_daily (
     cost_micros BIGINT NOT NULL DEFAULT 0,
     PRIMARY KEY (day, workspace_id, lane, public_model, outcome)
 );
+
+-- migration 5: billing: the hold check as one conditional update (last_hold names the hold it admitted)
+ALTER TABLE billing_accounts ADD COLUMN last_hold TEXT;
