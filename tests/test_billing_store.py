@@ -4,6 +4,7 @@ settlement with the usage batch (idempotent), crash clean-up by owner, the ledge
 from __future__ import annotations
 
 import asyncio
+import calendar
 import time
 
 from proxy.billing.holds import decide
@@ -127,5 +128,23 @@ async def test_usage_sums_never_overflow(store_url: str) -> None:
         now = time.time()
         [line] = await store.statement_lines(workspace.id, now - 60, now + 60)
         assert int(line[3]) == 4 * 100_000_000
+    finally:
+        await store.close()
+
+
+async def test_statements_count_rows_retention_rolled_up(store_url: str) -> None:
+    store = await Store.open(store_url)
+    try:
+        workspace = await store.create_workspace("acme")
+        key, _ = await store.create_api_key("acme", PEPPER)
+        old = calendar.timegm((2024, 3, 10, 12, 0, 0))
+        await store.write_usage([], [final(hold(1, key.id), 4_000, started_at=old),
+                                     final(hold(2, key.id), 6_000, started_at=old)])
+        assert await store.sweep_usage(time.time()) == 2  # retention: both rows become usage_daily totals
+        march = (calendar.timegm((2024, 3, 1, 0, 0, 0)), calendar.timegm((2024, 4, 1, 0, 0, 0)))
+        [line] = await store.statement_lines(workspace.id, *march)
+        assert (line[0], line[2], line[7]) == ("cheap", 2, 10_000)
+        assert await store.balance_before(workspace.id, march[1]) == (0, 10_000)
+        assert await store.balance_before(workspace.id, march[0]) == (0, 0)
     finally:
         await store.close()

@@ -192,6 +192,14 @@ STATEMENT_LINES = (
     "AND outcome <> 'in_flight' GROUP BY lane, public_model ORDER BY lane, public_model"
 )
 CHARGES_BEFORE = f"SELECT COALESCE({_SPEND}, 0) FROM usage WHERE workspace_id = ? AND started_at < ?"
+# Rows past store.usage_retention_days live on as usage_daily totals (by UTC day): statements and
+# opening balances add them, so an old month's statement still adds up.
+DAILY_CHARGES_BEFORE = "SELECT COALESCE(SUM(cost_micros), 0) FROM usage_daily WHERE workspace_id = ? AND day < ?"
+DAILY_LINES = (
+    "SELECT lane, public_model, SUM(requests), SUM(prompt_tokens), SUM(cached_input_tokens), SUM(completion_tokens), "
+    "SUM(reasoning_tokens), SUM(cost_micros) FROM usage_daily WHERE workspace_id = ? AND day >= ? AND day < ? "
+    "GROUP BY lane, public_model"
+)
 CREDITS_BEFORE = "SELECT COALESCE(SUM(amount_micros), 0) FROM billing_ledger WHERE workspace_id = ? AND created_at < ?"
 EXPORT_COLUMNS = (
     "started_at, request_id, key_id, public_model, lane, status, outcome, prompt_tokens, cached_input_tokens, "

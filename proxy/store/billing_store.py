@@ -29,6 +29,10 @@ NOTE_MAX = 500
 FAR_FUTURE = float(2**40)  # an `until` later than any request
 
 
+def _day(ts: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(min(ts, 253402300799.0)))  # FAR_FUTURE stays a valid date
+
+
 _EMPTY = BillingAccount(0, "prepaid", None, 0, 0, 0, "", 0)  # explains a refusal whose account vanished
 
 
@@ -128,14 +132,24 @@ class BillingStore:
         return await self.get_api_key(key_id)
 
     async def statement_lines(self, workspace_id: int, start: float, end: float) -> list[tuple[Any, ...]]:
-        """Per (lane, model): requests, input, cached input, output, reasoning tokens, cost."""
-        return [tuple(r) for r in await self.fetchall(sql.STATEMENT_LINES, (workspace_id, start, end))]
+        """Per (lane, model): requests, input, cached input, output, reasoning tokens, cost; from the
+        usage rows and the daily totals of rows retention removed. `start`/`end` are UTC midnights."""
+        lines: dict[tuple[Any, Any], list[int]] = {}
+        days = (_day(start), _day(end))
+        for query, params in ((sql.STATEMENT_LINES, (workspace_id, start, end)),
+                              (sql.DAILY_LINES, (workspace_id, *days))):
+            for r in await self.fetchall(query, params):
+                totals = lines.setdefault((r[0], r[1]), [0] * 6)
+                for i, value in enumerate(r[2:]):
+                    totals[i] += int(value or 0)
+        return [(*key, *totals) for key, totals in sorted(lines.items(), key=lambda kv: (str(kv[0][0]), str(kv[0][1])))]
 
     async def balance_before(self, workspace_id: int, when: float) -> tuple[int, int]:
-        """(credits, charges) of everything before `when`, from the ledger and usage rows."""
+        """(credits, charges) of everything before `when` (a UTC midnight): ledger, usage rows, daily totals."""
         credits = (await self.fetchall(sql.CREDITS_BEFORE, (workspace_id, when)))[0][0]
         charges = (await self.fetchall(sql.CHARGES_BEFORE, (workspace_id, when)))[0][0]
-        return int(credits or 0), int(charges or 0)
+        rolled = (await self.fetchall(sql.DAILY_CHARGES_BEFORE, (workspace_id, _day(when))))[0][0]
+        return int(credits or 0), int(charges or 0) + int(rolled or 0)
 
     async def export_usage(self, workspace_id: int, since: float, until: float) -> AsyncIterator[tuple[Any, ...]]:
         """One tuple per finished request, oldest first, in billing_sql.EXPORT_COLUMNS order."""
