@@ -7,7 +7,8 @@
     │   ├── StatefulRequestNotAllowedError 400 stateful_request_not_allowed
     │   ├── MethodNotAllowedError      405 method_not_allowed (Allow)
     │   ├── RequestTimeoutError        408 request_timeout
-    │   └── UnsupportedMediaError      415 unsupported_media_type
+    │   ├── UnsupportedMediaError      415 unsupported_media_type
+    │   └── TransferCodingError        501 not_implemented (a Transfer-Encoding other than chunked)
     ├── AuthenticationError            401 invalid_api_key
     │   └── KeyRejectedError           401, with the AuthFailure reason for metrics
     ├── PaymentRequiredError           402 (billing: never retried by the SDKs)
@@ -116,6 +117,11 @@ class RequestTimeoutError(InvalidRequestError):
 class UnsupportedMediaError(InvalidRequestError):
     status = 415
     code = "unsupported_media_type"
+
+
+class TransferCodingError(InvalidRequestError):
+    status = 501
+    code = "not_implemented"
 
 
 class AuthenticationError(ProxyError):

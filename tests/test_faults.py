@@ -562,3 +562,20 @@ async def test_compressed_upstream_answers_are_refused_not_inflated(gateway: Any
     assert rig.fake.requests[0].headers["Accept-Encoding"] == "identity"
     assert len(answer.body) < 2000
     await rig.settled()
+
+
+@pytest.mark.parametrize("lane", LANES)
+async def test_an_upstream_redirect_is_never_relayed(gateway: Any, lane: str) -> None:
+    rig = await make_rig(gateway, lane)
+    rig.fake.script(Reply(307, payloads.chat_completion(MODEL), headers={"Location": "https://evil.example/v1", **CLOSE}))
+    answer = await rig.chat(stream=False)
+    assert answer.status in (502, 503) and "Location" not in answer.headers
+    assert b"evil.example" not in answer.body
+
+
+async def test_an_odd_responses_object_from_a_non_stream_upstream_is_a_502(gateway: Any) -> None:
+    gw = await gateway(pool=1, resale=1, byok=())
+    odd = {**payloads.response_object(MODEL), "output": [{"type": "function_call", "arguments": 5, "name": "f"}]}
+    gw.nostream.script(Reply(200, odd))
+    answer = await gw.post("/v1/responses", {"model": "resale/gpt-nostream", "input": "hi", "stream": True})
+    assert answer.status == 502 and answer.error["code"] == "upstream_error"

@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from fuzz import checks
+from proxy import appkeys
 from tests.conftest import MODEL, Answer, Gateway
 from tests.fakes.hostile import CLOSE, ROOT, metric, scrape
 
@@ -379,3 +380,44 @@ async def test_malformed_requests_count_against_the_workspaces_limit(gateway: An
     assert not [u for u in gw.upstreams if u.requests]
     answer = await gw.post("/v1/chat/completions", {"model": f"cheap/{MODEL}", "messages": CHAT}, workspace="other")
     assert answer.status == 200
+
+
+# --- low-severity edges: each an OpenAI-shaped answer, never a 500 -------------------------------
+
+ADMIN_TOKEN = "admin-test-token"
+
+
+async def test_a_0xff_byte_in_the_admin_token_is_a_401_not_a_500(gw: Gateway) -> None:
+    head = b"GET /admin/workspaces HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer admin-\xfftoken\r\nConnection: close\r\n\r\n"
+    answer = await raw_exchange(gw, head)
+    assert answer.status == 401 and answer.json()["error"]["code"] == "invalid_admin_token"
+
+
+@pytest.mark.parametrize("value", [2**63, 2**64 + 1, 10**9 + 1])
+async def test_absurd_rate_limits_are_a_400_not_a_500(gw: Gateway, value: int) -> None:
+    async with gw.session.patch(f"{gw.url}/admin/workspaces/ws/limits", data=b'{"rpm_limit": %d}' % value,
+                                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as r:
+        assert r.status == 400, await r.text()
+        assert (await r.json())["error"]["param"] == "rpm_limit"
+
+
+async def test_the_admin_api_refuses_duplicate_json_keys(gw: Gateway) -> None:
+    async with gw.session.patch(f"{gw.url}/admin/workspaces/ws/limits", data=b'{"rpm_limit": 5, "rpm_limit": 50}',
+                                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as r:
+        assert r.status == 400 and "more than once" in (await r.json())["error"]["message"]
+    workspace = await gw.app[appkeys.STORE].get_workspace("ws")
+    assert workspace.rpm_limit is None
+
+
+async def test_ambiguous_transfer_encoding_is_refused(gw: Gateway, caplog: pytest.LogCaptureFixture) -> None:
+    body = orjson.dumps({"model": f"cheap/{MODEL}", "messages": CHAT})
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    answer = await raw_exchange(gw, request_head(gw, "Transfer-Encoding: identity, chunked\r\n"), chunked)
+    assert answer.status in (400, 501), answer.body[:200]
+    assert not [u for u in gw.upstreams if u.requests]
+
+
+async def test_answers_do_not_name_the_server_software(gw: Gateway) -> None:
+    for answer in (await gw.get("/healthz", authed=False), await gw.post("/v1/chat/completions", {"model": "x"}),
+                   await gw.post("/v1/chat/completions", {"model": f"cheap/{MODEL}", "messages": CHAT})):
+        assert "aiohttp" not in answer.headers.get("Server", "") and "Python" not in answer.headers.get("Server", "")

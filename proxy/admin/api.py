@@ -25,6 +25,7 @@ from proxy.errors import (
     ProxyError,
     ServiceUnavailableError,
 )
+from proxy.http.body import loads_unique
 from proxy.store import Store
 from proxy.store.rows import (
     KEEP,
@@ -55,7 +56,10 @@ def _check_token(request: web.Request) -> None:
         )
     headers = request.headers.getall(hdrs.AUTHORIZATION, [])
     scheme, _, given = headers[0].strip().partition(" ") if len(headers) == 1 else ("", "", "")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+    # surrogateescape: aiohttp decodes header bytes as UTF-8 with it, so a 0xFF byte is a lone
+    # surrogate that plain encode() would raise on (a 500); it can never match the token anyway
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"),
+                                                             token.encode()):
         raise AuthenticationError(
             "Missing or incorrect admin token: send 'Authorization: Bearer <admin token>'.", code="invalid_admin_token"
         )
@@ -96,7 +100,7 @@ def admin_only(handler: Handler) -> Handler:
 async def _body(request: web.Request, allowed: tuple[str, ...]) -> dict[str, Any]:
     raw = await request.read()
     try:
-        data = orjson.loads(raw) if raw.strip() else {}
+        data = loads_unique(raw) if raw.strip() else {}  # a repeated key is refused, never "the last one wins"
     except orjson.JSONDecodeError:
         raise InvalidRequestError("The request body is not valid JSON.") from None
     if not isinstance(data, dict):

@@ -20,7 +20,7 @@ from proxy.admin import ops as admin_ops
 from proxy.billing.money import AmountError, format_amount, parse_amount
 from proxy.config import Config
 from proxy.store import Store
-from proxy.store.rows import KEEP, InvalidValue, StoreError, Workspace, check_workspace_limit
+from proxy.store.rows import KEEP, MAX_LIMIT, InvalidValue, StoreError, Workspace, check_workspace_limit
 from proxy.workspaces.crypto import MasterKey, MasterKeyError, master_key
 
 Command = Callable[[argparse.Namespace, Config], Coroutine[Any, Any, int]]
@@ -104,7 +104,8 @@ def _limit(text: str) -> int | None:
     try:
         return check_workspace_limit("the limit", int(text))
     except (ValueError, InvalidValue):
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1 or 'default', got '{text}'") from None
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to {MAX_LIMIT} or 'default', "
+                                         f"got '{text[:40]}'") from None
 
 
 @_handled

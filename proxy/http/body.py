@@ -15,7 +15,13 @@ from typing import Any
 import orjson
 from aiohttp import hdrs, web
 
-from proxy.errors import InvalidRequestError, RequestTimeoutError, RequestTooLargeError, UnsupportedMediaError
+from proxy.errors import (
+    InvalidRequestError,
+    RequestTimeoutError,
+    RequestTooLargeError,
+    TransferCodingError,
+    UnsupportedMediaError,
+)
 
 MAX_DEPTH = 64
 MAX_CONTAINERS = 50_000  # limits.max_json_containers
@@ -30,6 +36,9 @@ class RequestBody:
 
 async def read_body(request: web.Request, max_bytes: int, timeout_s: float) -> bytes:
     """Read at most `max_bytes` of body within `timeout_s`; never inflate a compressed body."""
+    framing = request.headers.get(hdrs.TRANSFER_ENCODING)
+    if framing is not None and framing.strip().lower() != "chunked":  # e.g. "identity, chunked": ambiguous
+        raise TransferCodingError(f"Transfer-Encoding {framing.strip()[:40]!r} is not supported; send chunked or Content-Length")
     encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
     if encoding not in ("", "identity"):
         raise UnsupportedMediaError(f"compressed request bodies ({encoding}) are not supported; send plain JSON")
@@ -116,6 +125,23 @@ def parse_body(raw: bytes, max_containers: int = MAX_CONTAINERS) -> RequestBody:
     if exact:
         encode_body(data)  # refuse here what could not be forwarded (lone surrogates, integers past 64 bits)
     return _request_body(data)
+
+
+def loads_unique(raw: bytes) -> Any:
+    """JSON that refuses a repeated key (InvalidRequestError), for small trusted-size bodies such
+    as the admin API's; other invalid JSON raises orjson.JSONDecodeError."""
+    data = orjson.loads(raw)
+    if len(_KEY_END.findall(raw)) != _count_keys(data):
+        data = _strict_decode(raw)
+    return data
+
+
+def _count_keys(data: Any) -> int:
+    if isinstance(data, dict):
+        return len(data) + sum(_count_keys(v) for v in data.values())
+    if isinstance(data, list):
+        return sum(_count_keys(v) for v in data)
+    return 0
 
 
 def _strict_decode(raw: bytes) -> Any:

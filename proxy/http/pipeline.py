@@ -147,7 +147,7 @@ async def answer_client(request: web.Request, answer: Answer, spec: AttemptSpec,
     if spec.client_stream and spec.endpoint is Endpoint.RESPONSES:
         try:
             events = synthesize_response_events(parsed or {})
-        except ValueError as exc:
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:  # any odd shape is the upstream's, not a 500
             raise errors.UpstreamError("the upstream's Responses answer is not a valid response object") from exc
         record.usage = _metered(parsed or {}, spec.endpoint, prompt_bytes)
         return await synthesized_stream(request, events, headers, record)

@@ -109,7 +109,7 @@ async def attempt(client: UpstreamClient, spec: AttemptSpec, target: UpstreamTar
         cls = errors.UpstreamTimeoutError if exc.result is AttemptResult.TIMEOUT else errors.UpstreamError
         raise AttemptFailed(exc.result, cls(f"upstream attempt failed: {exc.message}")) from exc
     try:
-        if reply.status >= 400:
+        if reply.status >= 300 or reply.status < 200:  # a redirect (and its Location) is never relayed
             raise await _failure(reply, target, spec)
         if stream and reply.content_type == "text/event-stream":
             return await _first_events(reply, target, spec, hide_usage, deadline)

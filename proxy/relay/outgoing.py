@@ -15,6 +15,7 @@ from proxy.telemetry.metrics import Metrics
 async def mask_outgoing(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare hook: headers of every answer; the body of every complete answer."""
     app = request.config_dict  # not request.app: sub-apps (the console) answer through here too
+    response.headers[hdrs.SERVER] = SERVER  # not aiohttp's "Python/3.x aiohttp/3.y": no versions for scanners
     guard: SecretGuard = app[appkeys.STATE].runtime.guard
     metrics: Metrics = app[appkeys.METRICS]
     for name, value in list(response.headers.items()):
@@ -29,6 +30,9 @@ async def mask_outgoing(request: web.Request, response: web.StreamResponse) -> N
             metrics.secrets_masked.labels("body").inc()
             response.body = body
             response.headers[hdrs.CONTENT_LENGTH] = str(len(body))
+
+
+SERVER = "okm-gateway"
 
 
 class GuardedStreamResponse(web.StreamResponse):

@@ -57,6 +57,7 @@ class Keep(enum.Enum):
 
 
 KEEP = Keep.KEEP
+MAX_LIMIT = 10**9  # per-workspace rate limits: stored as 64-bit integers, nothing real comes near this
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +264,6 @@ def check_workspace_limit(field: str, value: object) -> int | None:
     for the config's default. The store, the admin API and the CLI all apply it."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidValue(f"{field} must be a whole number >= 1, or null for the configured default")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LIMIT:
+        raise InvalidValue(f"{field} must be a whole number from 1 to {MAX_LIMIT}, or null for the configured default")
     return value
