@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -21,11 +23,13 @@ from proxy.http.limits import Limiter
 from proxy.http.middleware import request_context
 from proxy.relay.drain import Drain
 from proxy.relay.outgoing import mask_outgoing
+from proxy.relay.stream_watch import STREAM_WATCH, SWEEP_EVERY_S, StreamWatch
 from proxy.relay.upstream import UpstreamClient
 from proxy.runtime import Runtime, State
 from proxy.startup_checks import check_master_key
 from proxy.store import Store
 from proxy.store.retention import UsageRetention
+from proxy.store.rows import StoreError
 from proxy.store.usage_writer import UsageRecorder
 from proxy.telemetry.accesslog import AccessLog
 from proxy.telemetry.live_metrics import LiveMetrics
@@ -52,6 +56,8 @@ def build_app(config: Config, metrics: Metrics | None = None) -> web.Application
     app.cleanup_ctx.append(_access_log_ctx)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_retention_ctx)  # after the store: stopped before it closes
+    app[STREAM_WATCH] = StreamWatch()
+    app.cleanup_ctx.append(_stream_watch_ctx)  # needs the authenticator
     app.cleanup_ctx.append(_upstream_ctx)
     add_routes(app)
     setup_admin_routes(app)
@@ -90,6 +96,28 @@ async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
     retention.start()
     yield
     await retention.stop()
+
+
+async def _stream_watch_ctx(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(_sweep_streams(app), name="stream-watch")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _sweep_streams(app: web.Application) -> None:
+    """Once a second, while streams run: end those whose key, workspace or BYOK access is gone."""
+    watch, auth = app[STREAM_WATCH], app[appkeys.AUTH]
+    while True:
+        await asyncio.sleep(SWEEP_EVERY_S)
+        if not watch.streams:
+            continue
+        try:
+            await auth.ensure_fresh()
+        except StoreError as exc:  # the cached copy still answers; try again next second
+            log.warning("stream watch: could not refresh the key table: %s", exc)
+        watch.sweep(auth.still_allowed)
 
 
 async def _clear_dead_holds(store: Store) -> None:

@@ -50,6 +50,7 @@ class Limits:
     client_header_timeout_s: float = 15.0  # also the idle keep-alive timeout (restart to change)
     max_workspace_share: float = 0.5  # of max_concurrent_requests one workspace may hold (body phase included)
     max_json_containers: int = 50_000  # objects + arrays in one request body
+    max_stream_s: float = 3600.0  # longest a relayed stream may run (keep-alive comments do not extend it)
 
 
 @dataclass(frozen=True, slots=True)

@@ -579,3 +579,42 @@ async def test_an_odd_responses_object_from_a_non_stream_upstream_is_a_502(gatew
     gw.nostream.script(Reply(200, odd))
     answer = await gw.post("/v1/responses", {"model": "resale/gpt-nostream", "input": "hi", "stream": True})
     assert answer.status == 502 and answer.error["code"] == "upstream_error"
+
+
+# --- a stream ends when its right to run does ----------------------------------------------------
+
+
+async def test_a_stream_of_keep_alive_comments_ends_at_the_stream_limit(gateway: Any) -> None:
+    gw = await gateway(pool=0, resale=1, byok=(), limits={"max_stream_s": 1, "idle_timeout_s": 1})
+    comments = tuple(p for _ in range(40) for p in (b": keep-alive\n\n", 0.1))
+    gw.resale[0].script(Stream((EVENTS[0], *comments, payloads.done())))
+    started = time.monotonic()
+    answer = await gw.post("/v1/chat/completions", {"model": MODELS["resale"], "messages": CHAT, "stream": True})
+    assert time.monotonic() - started < 2.5
+    last = orjson.loads(data_of(blocks(answer.body)[-1]))
+    assert last["error"]["code"] == "stream_too_long" and b"[DONE]" not in answer.body
+
+
+@pytest.mark.parametrize("how", ["revoke", "disable", "byok-disable"])
+async def test_revoking_access_ends_an_open_stream(gateway: Any, how: str) -> None:
+    gw = await gateway(pool=0, resale=1, byok=("openai",))
+    lane = "byok" if how == "byok-disable" else "resale"
+    fake = gw.byok["openai"] if lane == "byok" else gw.resale[0]
+    fake.script(Stream(tuple(p for e in EVENTS * 20 for p in (e, 0.1))))
+    admin = {"Authorization": "Bearer admin-test-token"}
+    async with gw.session.post(gw.url + "/v1/chat/completions", headers=gw.auth(),
+                               json={"model": MODELS[lane], "messages": CHAT, "stream": True}) as resp:
+        first = await resp.content.readany()
+        started = time.monotonic()
+        if how == "revoke":
+            key_id = (await gw.app[appkeys.STORE].list_api_keys("ws"))[0].id
+            path = f"/admin/keys/{key_id}/revoke"
+        else:
+            path = f"/admin/workspaces/ws/{how}"
+        async with gw.session.post(gw.url + path, headers=admin) as r:
+            assert r.status == 200, await r.text()
+        body = first + await resp.read()
+    assert time.monotonic() - started < 3
+    last = orjson.loads(data_of(blocks(body)[-1]))
+    assert last["error"]["code"] == "access_revoked" and b"[DONE]" not in body
+    assert (await gw.usage_rows(1))[0]["outcome"] == "interrupted"

@@ -5,8 +5,10 @@ here becomes one in-band error event and the stream is closed without `[DONE]`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 
 from aiohttp import web
 
@@ -17,6 +19,7 @@ from proxy.relay.events import ClientStalled, ClientWriter, StreamRelay, collect
 from proxy.relay.outgoing import GuardedStreamResponse
 from proxy.relay.reply import StreamBroken
 from proxy.relay.sse import EventTooLarge
+from proxy.relay.stream_watch import STREAM_WATCH, StreamCut
 from proxy.telemetry.metrics import Metrics
 from proxy.telemetry.outcome import End, record_end
 from proxy.types import Outcome, RequestRecord
@@ -55,7 +58,7 @@ async def stream_answer(request: web.Request, answer: Answer, headers: Mapping[s
         try:
             stall_s = request.app[appkeys.STATE].runtime.config.limits.client_stall_timeout_s
             client = ClientWriter(response, request.transport, stall_s)
-            async with request.app[appkeys.DRAIN].watch():
+            async with request.app[appkeys.DRAIN].watch(), _watch(request, record, answer):
                 await pump(chunks, relay, client)
             if not relay.terminal and relay.error is None:  # an upstream in-band error already ended it
                 raise StreamBroken("the upstream closed the stream before it was complete")
@@ -66,6 +69,12 @@ async def stream_answer(request: web.Request, answer: Answer, headers: Mapping[s
                 await finish_tail(chunks, relay, client)
         except (StreamBroken, EventTooLarge) as exc:
             await _upstream_broke(response, relay, record, exc, metrics)
+        except StreamCut as exc:
+            record.outcome = Outcome.INTERRUPTED
+            metrics.streams_interrupted.labels(lane, exc.code).inc()
+            metrics.inband_errors.labels(lane).inc()
+            await response.write(inband_error(exc.message, exc.code, responses=relay.responses,
+                                              sequence_number=relay.data_events))
         except DrainDeadline:
             record_end(record, metrics, End.DRAIN_DEADLINE)
             error = inband_error(DRAIN_MESSAGE, "gateway_restarting", responses=relay.responses,
@@ -95,6 +104,14 @@ async def stream_answer(request: web.Request, answer: Answer, headers: Mapping[s
         else:
             reply.close()  # a forced close: the upstream stops generating at once
         record.usage = relay.final_usage(prompt_bytes)
+
+
+def _watch(request: web.Request, record: RequestRecord, answer: Answer) -> AbstractAsyncContextManager[None]:
+    principal = record.principal
+    max_s = request.app[appkeys.STATE].runtime.config.limits.max_stream_s
+    if principal is None:
+        return contextlib.nullcontext()
+    return request.app[STREAM_WATCH].watch(principal, answer.target.byok_provider, max_s)
 
 
 async def _upstream_broke(response: web.StreamResponse, relay: StreamRelay, record: RequestRecord,

@@ -160,6 +160,23 @@ class Authenticator:
             )
         return snapshot.principals[key_id]
 
+    async def ensure_fresh(self) -> None:
+        """Bring the cached copy up to date (at most one version read per CHECK_INTERVAL_S)."""
+        await self._ensure_fresh(self._interval)
+
+    def still_allowed(self, principal: Principal, byok_provider: str | None) -> str | None:
+        """Why `principal` may no longer use what it was granted (from the cache), or None."""
+        if self._snapshot is None:
+            return None
+        entry = self._snapshot.entries.get(principal.key_id)
+        if entry is None or entry.revoked:
+            return "the API key was revoked"
+        if entry.workspace.disabled:
+            return "the workspace was disabled"
+        if byok_provider is not None and (not entry.workspace.byok_enabled or byok_provider not in entry.byok_providers):
+            return f"BYOK for {byok_provider} was turned off or its key removed"
+        return None
+
     def workspace(self, workspace_id: int) -> Workspace | None:
         """The cached workspace (of any workspace that has at least one key)."""
         entry = self._snapshot.workspaces.get(workspace_id) if self._snapshot else None
