@@ -104,7 +104,7 @@ def _limit(text: str) -> int | None:
     try:
         return check_workspace_limit("the limit", int(text))
     except (ValueError, InvalidValue):
-        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to {MAX_LIMIT} or 'default', "
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1 (at most {MAX_LIMIT}) or 'default', "
                                          f"got '{text[:40]}'") from None
 
 

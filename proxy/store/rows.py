@@ -265,5 +265,5 @@ def check_workspace_limit(field: str, value: object) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LIMIT:
-        raise InvalidValue(f"{field} must be a whole number from 1 to {MAX_LIMIT}, or null for the configured default")
+        raise InvalidValue(f"{field} must be a whole number >= 1 (at most {MAX_LIMIT}), or null for the configured default")
     return value
