@@ -23,7 +23,7 @@ MAX_PARTS = 256
 class Part:
     name: str
     headers: bytes  # the part's header block as sent (without the blank line)
-    value: bytes
+    value: bytes | memoryview  # a view into the request body: file contents are never copied
     filename: str | None = None
 
 
@@ -36,7 +36,7 @@ class FormBody:
         """The first non-file field of that name, decoded; None if there is none."""
         for part in self.parts:
             if part.name == name and part.filename is None:
-                return part.value.decode("utf-8", "replace").strip()
+                return bytes(part.value).decode("utf-8", "replace").strip()
         return None
 
     @property
@@ -50,7 +50,7 @@ class FormBody:
     def encode(self, model: str) -> bytes:
         """The body to send upstream, with `model` set to the upstream's model name."""
         delimiter = b"--" + self.boundary.encode()
-        out = []
+        out: list[bytes | memoryview] = []
         for part in self.parts:
             value = model.encode() if part.name == "model" and part.filename is None else part.value
             out += [delimiter, b"\r\n", part.headers, b"\r\n\r\n", value, b"\r\n"]
@@ -63,40 +63,48 @@ class FormBody:
 
 
 def parse_form(raw: bytes, content_type: str | None) -> FormBody:
-    """Split a multipart/form-data body into its parts; every problem is a 400 naming it."""
+    """Split a multipart/form-data body into its parts; every problem is a 400 naming it.
+
+    One scan for the boundaries and no copy of any value: parts are views into `raw`.
+    """
     if not content_type or not content_type.lower().startswith("multipart/form-data"):
         raise InvalidRequestError("this endpoint takes a multipart/form-data body (a file upload)")
     match = _BOUNDARY.search(content_type)
     if match is None:
         raise InvalidRequestError("the multipart/form-data Content-Type has no boundary")
     boundary = match.group(1)
-    delimiter = b"\r\n--" + boundary.encode()
-    segments = (b"\r\n" + raw).split(delimiter)
-    if len(segments) < 2:
-        raise InvalidRequestError("the multipart body does not contain its boundary")
+    dash = b"--" + boundary.encode()
+    delimiter = b"\r\n" + dash
+    if raw.startswith(dash):
+        pos = len(dash)
+    else:  # a preamble before the first boundary
+        first = raw.find(delimiter)
+        if first < 0:
+            raise InvalidRequestError("the multipart body does not contain its boundary")
+        pos = first + len(delimiter)
+    view = memoryview(raw)
     parts: list[Part] = []
-    closed = False
-    for segment in segments[1:]:
-        if segment.startswith(b"--"):
-            closed = True
-            break
-        parts.append(_part(segment))
+    while not raw.startswith(b"--", pos):
+        end = raw.find(delimiter, pos)
+        if end < 0:
+            raise InvalidRequestError("the multipart body is incomplete (no closing boundary)")
+        parts.append(_part(raw, view, pos, end))
         if len(parts) > MAX_PARTS:
             raise InvalidRequestError(f"the multipart body has more than {MAX_PARTS} fields")
-    if not closed:
-        raise InvalidRequestError("the multipart body is incomplete (no closing boundary)")
+        pos = end + len(delimiter)
     return FormBody(boundary, tuple(parts))
 
 
-def _part(segment: bytes) -> Part:
-    head, sep, value = segment.partition(b"\r\n\r\n")
-    if not sep:
+def _part(raw: bytes, view: memoryview, start: int, end: int) -> Part:
+    """The part between two delimiters: `raw[start:end]` is its line end, headers, blank line, value."""
+    split = raw.find(b"\r\n\r\n", start, end)
+    if split < 0:
         raise InvalidRequestError("a multipart field has no header block")
-    head = head.lstrip(b" \t").removeprefix(b"\r\n")
+    head = raw[start:split].lstrip(b" \t").removeprefix(b"\r\n")
     disposition = _DISPOSITION.search(head)
     name = _NAME.search(disposition.group(1)) if disposition else None
     if name is None:
         raise InvalidRequestError("a multipart field has no Content-Disposition name")
     filename = _FILENAME.search(disposition.group(1)) if disposition else None
-    return Part(name.group(1).decode("utf-8", "replace"), head, value,
+    return Part(name.group(1).decode("utf-8", "replace"), head, view[split + 4:end],
                 filename.group(1).decode("utf-8", "replace") if filename else None)
