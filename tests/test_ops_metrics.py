@@ -42,9 +42,8 @@ FAMILIES = {
     "okm_inband_errors_total": "counter", "okm_malformed_events_total": "counter", "okm_requests_shed_total": "counter",
     "okm_secrets_masked_total": "counter",
     "okm_usage_write_failures_total": "counter", "okm_config_reloads_total": "counter",
-    "okm_requests_in_flight": "gauge", "okm_draining": "gauge",
-    "okm_cost_micros_total": "counter", "okm_billing_refusals_total": "counter",
     "okm_requests_in_flight": "gauge", "okm_draining": "gauge", "okm_worker_restarts_total": "counter",
+    "okm_cost_micros_total": "counter", "okm_billing_refusals_total": "counter",
 }
 CHAT = "chat/completions"
 

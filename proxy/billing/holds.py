@@ -22,10 +22,12 @@ from proxy.billing.cost import cost_micros
 from proxy.billing.money import format_amount
 from proxy.billing.prices import PriceBook
 from proxy.relay import metering
+from proxy.store import Store
 from proxy.store.rows import BillingAccount, HoldRequest, KeySpend, StoreError
+from proxy.supervisor_env import WORKER_ENV
 from proxy.types import Endpoint, Price, RequestRecord
 
-INSTANCE_ENV = "OKM_INSTANCE_ID"  # set per worker slot by a supervisor; unset: this process is the only one
+INSTANCE_ENV = "OKM_INSTANCE_ID"  # a stable id for this gateway instance, if the operator gives one
 OWNER: web.AppKey[str] = web.AppKey("billing_owner", str)
 MAX_OUTPUT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 # Endpoints whose answers carry no generated tokens: a hold covers their input (and request fee) only.
@@ -33,12 +35,30 @@ NO_OUTPUT_ENDPOINTS = frozenset({Endpoint.EMBEDDINGS, Endpoint.MODERATIONS, Endp
 
 
 def instance_id() -> str | None:
-    return os.environ.get(INSTANCE_ENV) or None
+    """A stable id that a restarted process shares with the one it replaces: OKM_INSTANCE_ID, else
+    (a supervisor's worker) host and worker slot; None for a lone process."""
+    explicit = os.environ.get(INSTANCE_ENV)
+    if explicit:
+        return explicit
+    worker = os.environ.get(WORKER_ENV)
+    return f"{socket.gethostname()}:worker-{worker.split(':', 1)[0]}" if worker else None
 
 
 def owner_name() -> str:
     """What this process writes as its holds' owner: the instance id, else host and pid."""
-    return instance_id() or f"{socket.gethostname()}:{os.getpid()}"
+    return instance_id() or f"{socket.gethostname()}:pid-{os.getpid()}"
+
+
+async def clear_dead_holds(store: Store) -> int:
+    """At start-up: the holds of requests that died with a previous process. An instance with a
+    stable id drops its own; a lone process drops every hold on SQLite (one host) and this host's
+    on PostgreSQL (other hosts keep theirs)."""
+    owner = instance_id()
+    if owner is not None:
+        return await store.clear_holds(owner)
+    if store.kind == "sqlite":
+        return await store.clear_holds(None)
+    return await store.clear_holds(None, prefix=f"{socket.gethostname()}:")
 
 
 def max_output_tokens(data: dict[str, Any], endpoint: Endpoint, price: Price, book: PriceBook) -> int:
