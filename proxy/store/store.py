@@ -25,7 +25,6 @@ from proxy.store.migrations import Migration, load_migrations
 from proxy.store.postgres import PgDatabase
 from proxy.store.rows import (
     KEEP,
-    MAX_LIMIT,
     ApiKey,
     AuthEntry,
     ByokKey,
