@@ -28,6 +28,7 @@ from proxy.config import Config, load_config
 from proxy.store import Store
 from proxy.workspaces.crypto import MasterKey, encrypt_provider_key, generate_master_key
 from tests.fakes.upstream import FakeUpstream
+from tests.leaks import add_task_check, no_leaked_tasks, no_leaks  # noqa: F401  # reason: fixtures, registered by importing them here
 from tests.pg import fresh_schema
 
 MODEL = "gpt-test"
@@ -250,3 +251,7 @@ async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
         return
     async with fresh_schema() as url:
         yield url
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    add_task_check(items)
