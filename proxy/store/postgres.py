@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -125,17 +125,17 @@ class PgDatabase:
         finally:
             await self._pool.release(conn)
 
-    async def _read(self, method: str, sql: str, params: Params) -> Any:
+    async def _read(self, call: Callable[..., Awaitable[Any]], sql: str, params: Params) -> Any:
         try:
-            return await getattr(self._pool, method)(to_dollar(sql), *params)
+            return await call(to_dollar(sql), *params)
         except _DOWN as exc:
             raise self._down(exc, "read") from exc
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
-        return [tuple(r) for r in await self._read("fetch", sql, params)]
+        return [tuple(r) for r in await self._read(self._pool.fetch, sql, params)]
 
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
-        row = await self._read("fetchrow", sql, params)
+        row = await self._read(self._pool.fetchrow, sql, params)
         return None if row is None else tuple(row)
 
     async def execute_batch(self, batch: Sequence[tuple[str, Sequence[Params]]]) -> None:
