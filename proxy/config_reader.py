@@ -6,6 +6,7 @@ except reading an env file the config names.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -15,6 +16,9 @@ from proxy.errors import ConfigError
 from proxy.types import Secret
 
 _MISSING: Any = object()
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 
 class Reader:
@@ -132,8 +136,10 @@ class Reader:
     def url(self, key: str) -> str:
         value = self.string(key)
         parts = urlsplit(value)
+        if parts.username is not None or parts.password is not None:  # never echoed: it may hold a password
+            self.fail(key, "must not carry a user name or password; give the provider's key with api_key_env")
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            self.fail(key, f"must be an http(s) URL, got '{value}'")
+            self.fail(key, f"must be an http(s) URL, got '{value[:200]}'")
         return value.rstrip("/")
 
     def path(self, key: str, default: Any = _MISSING) -> Path:
@@ -155,6 +161,9 @@ class Reader:
         return None if name is None else self.required_secret(key)
 
     def required_secret_named(self, key: str, env_name: str) -> Secret:
+        if not _ENV_NAME.fullmatch(env_name):  # e.g. a key pasted where its variable's name belongs: never echoed
+            self.fail(key, "must be the name of an environment variable (letters, digits and _), not the secret "
+                           "itself: put the value in the environment or env_file and name its variable here")
         value = self.env.get(env_name)
         if not value:
             self.fail(key, f"environment variable {env_name} is not set")

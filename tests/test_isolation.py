@@ -417,3 +417,52 @@ async def test_non_openai_account_identifiers_are_masked_in_upstream_errors(gate
     assert answer.status == (200 if stream else 400)
     assert b"over quota" in answer.body
     assert not [i for i in ACCOUNT_IDS if i.encode() in answer.body], answer.body[-400:]
+
+
+# --- check-config never prints a secret it was handed by mistake ---------------------------------
+
+
+@pytest.mark.parametrize("where", ["api_key_env", "base_url"])
+def test_check_config_does_not_echo_a_secret_put_in_the_wrong_place(tmp_path: Any, where: str) -> None:
+    import subprocess
+    import sys
+
+    secret = "sk-proj-Canary0123456789abcdef0123456789" if where == "api_key_env" else "hunter2canarypass"
+    base_url = f"https://ops:{secret}@api.example.com/v1" if where == "base_url" else "https://api.example.com/v1"
+    key_env = secret if where == "api_key_env" else "P1_KEY"
+    (tmp_path / "gateway.yaml").write_text(
+        f"store: {{path: okm.sqlite3}}\nproviders:\n  p1: {{base_url: \"{base_url}\", api_key_env: \"{key_env}\"}}\n"
+        "lanes:\n  resale:\n    models:\n      m: {upstreams: [{provider: p1}]}\n")
+    done = subprocess.run([sys.executable, "-m", "proxy", "check-config", "--config", str(tmp_path / "gateway.yaml")],
+                          capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "OKM_KEY_PEPPER": "pepper-for-test", "P1_KEY": "x"})
+    assert done.returncode == 1
+    assert f"providers.p1.{where}" in done.stderr
+    assert secret not in done.stdout + done.stderr
+
+
+def test_log_redaction_keeps_variable_names_and_masks_keys() -> None:
+    from proxy.telemetry.redaction import redact
+
+    line = redact("OKM_ADMIN_TOKEN is set but OKM_MASTER_KEY is not set; key okm_AbCd1234EfGh_"
+                  "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcdefghijklm rejected")
+    assert "OKM_ADMIN_TOKEN is set but OKM_MASTER_KEY is not set" in line
+    assert "AbCdEfGhIjKlMnOp" not in line and "[redacted] rejected" in line
+
+
+def test_debug_logging_does_not_dump_sql_parameters() -> None:
+    import logging
+
+    from proxy.telemetry.redaction import configure_logging
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        configure_logging("debug")
+        assert not logging.getLogger("aiosqlite").isEnabledFor(logging.DEBUG)  # it logs every call's parameters
+        assert not logging.getLogger("asyncpg").isEnabledFor(logging.DEBUG)
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+        logging.getLogger("aiosqlite").setLevel(logging.NOTSET)
+        logging.getLogger("asyncpg").setLevel(logging.NOTSET)

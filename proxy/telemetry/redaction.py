@@ -12,8 +12,9 @@ from collections.abc import Iterable
 from aiohttp.http_exceptions import HttpProcessingError
 
 # Anything shaped like a credential is cut out of every log line and error message we write.
+# Workspace keys are matched case-sensitively: "OKM_MASTER_KEY is not set" names a variable.
 _SECRET_SHAPES = re.compile(
-    r"(okm_[A-Za-z0-9_]{8,}|sk-[A-Za-z0-9_\-*]{6,}|Bearer\s+[^\s\"']+|(?:api[_-]?key|token|secret|password)\"?\s*[:=]\s*\"?[^\s\",}]+)",
+    r"((?-i:okm_[0-9A-Za-z]{8,}(?:_[0-9A-Za-z]+)?)|sk-[A-Za-z0-9_\-*]{6,}|Bearer\s+[^\s\"']+|(?:api[_-]?key|token|secret|password)\"?\s*[:=]\s*\"?[^\s\",}]+)",
     re.IGNORECASE,
 )
 
@@ -56,6 +57,8 @@ def configure_logging(level: str, known: Iterable[str] = ()) -> None:
     root.setLevel(level.upper())
     logging.captureWarnings(True)  # warnings go through the same redaction, not straight to stderr
     logging.getLogger("aiohttp.server").addFilter(quiet_bad_requests)
+    for chatty in ("aiosqlite", "asyncpg"):  # at DEBUG they log every SQL call with its parameters (ciphertexts)
+        logging.getLogger(chatty).setLevel(max(logging.INFO, root.level))
 
 
 def quiet_bad_requests(record: logging.LogRecord) -> bool:
@@ -63,7 +66,9 @@ def quiet_bad_requests(record: logging.LogRecord) -> bool:
     fault: one warning line naming the problem, not an ERROR with a traceback."""
     exc = record.exc_info[1] if record.exc_info else None
     if isinstance(exc, HttpProcessingError):
-        record.msg = f"{record.msg}: refused a malformed HTTP request ({type(exc).__name__}: {exc.message})"
+        # one line, no client bytes beyond a short printable excerpt (the message may quote the request head)
+        detail = "".join(c if c.isprintable() else "?" for c in str(exc.message))[:120]
+        record.msg = f"{record.msg}: refused a malformed HTTP request ({type(exc).__name__}: {detail})"
         record.exc_info = None
         record.exc_text = None
         record.levelno, record.levelname = logging.WARNING, "WARNING"
