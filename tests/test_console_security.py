@@ -242,3 +242,16 @@ async def test_throttling_counts_the_proxys_client_header_when_configured(gatewa
     page = await other.post("/console/login", {"email": "alice@example.com", "password": PASSWORD},
                             headers={"X-Real-IP": "198.51.100.7"})
     assert page.status == 200 and page.url.endswith("/console/w/acme/")  # another client is not locked out
+
+
+async def test_v1_requests_never_run_console_code(gateway, visitors):
+    gw, alice = await _signed_up(gateway, visitors, session_idle_minutes=5)
+    token = alice.cookie("okm_session")
+    stale = time.time() - 120  # the console would refresh this on its next page view
+    await gw.app[appkeys.STORE].accounts.touch_session(1, stale)
+    headers = {"Cookie": f"okm_session={token}", **gw.auth()}
+    async with gw.session.get(gw.url + "/v1/models", headers=headers) as resp:
+        assert resp.status == 200 and "Content-Security-Policy" not in resp.headers
+    assert (await _sql(gw, "SELECT last_seen_at FROM sessions"))[0][0] == pytest.approx(stale)
+    await alice.get("/console/w/acme/")
+    assert (await _sql(gw, "SELECT last_seen_at FROM sessions"))[0][0] > stale + 60
