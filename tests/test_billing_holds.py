@@ -116,7 +116,7 @@ async def test_budget_and_key_limit_refuse_before_the_upstream(gateway: GatewayF
     limited.api_key = created["key"]
     with pytest.raises(openai.APIStatusError) as caught:
         await limited.chat.completions.create(model=f"cheap/{MODEL}", messages=CHAT, max_tokens=1000)
-    assert caught.value.status_code == 402 and caught.value.body["code"] == "key_limit_exceeded"  # type: ignore[index]
+    assert caught.value.status_code == 402 and caught.value.body["code"] == "key_limit_exceeded"
     await limited.chat.completions.create(model=f"cheap/{MODEL}", messages=CHAT, max_tokens=50)
     status, key = await admin(gw, "PUT", f"/admin/keys/{created['id']}/limit", {"limit": None})
     assert status == 200 and key["spend_limit"] is None and key["spent_micros"] == payloads.COMPLETION_TOKENS
