@@ -37,6 +37,7 @@ from proxy.telemetry.metrics import Metrics, metrics_handler
 from proxy.types import Phase
 from proxy.workspaces.auth import Authenticator
 from proxy.workspaces.byok import ByokVault
+from proxy.workspaces.shared_limits import SharedLimits
 
 ADMIN_MAX_BODY = 1024 * 1024
 log = logging.getLogger("okm.app")
@@ -84,11 +85,21 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         raise
     app[appkeys.STORE], app[appkeys.AUTH], app[appkeys.USAGE] = store, auth, usage
     app[appkeys.BYOK] = ByokVault(store, auth)
+    shared = app[appkeys.SHARED_LIMITS] = SharedLimits(store) if _shared(config, store) else None
+    if shared is not None:
+        shared.start()
     app[appkeys.DRAIN].advance(Phase.READY)
     yield
+    if shared is not None:
+        await shared.stop()
     await usage.stop()
     await auth.stop()
     await store.close()
+
+
+def _shared(config: Config, store: Store) -> bool:
+    """Limits live in the store when more than one process may serve a workspace."""
+    return config.workers > 1 or store.kind == "postgresql"
 
 
 async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:

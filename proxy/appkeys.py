@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from proxy.types import RequestRecord
     from proxy.workspaces.auth import Authenticator
     from proxy.workspaces.byok import ByokVault
+    from proxy.workspaces.shared_limits import SharedLimits
 
 # Set in app.build_app and its cleanup contexts.
 STATE: web.AppKey[State] = web.AppKey("state")  # the current Runtime, swapped on reload
@@ -34,6 +35,7 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 ACCESS_LOG: web.AppKey[AccessLog] = web.AppKey("access_log")
 BYOK: web.AppKey[ByokVault] = web.AppKey("byok")
 LIMITER: web.AppKey[Limiter] = web.AppKey("limiter")
+SHARED_LIMITS: web.AppKey[SharedLimits | None] = web.AppKey("shared_limits")  # None: one process, local limits
 
 # Set by middleware.request_context on each proxied request.
 RECORD: web.RequestKey[RequestRecord] = web.RequestKey("okm_record")

@@ -127,7 +127,7 @@ def write_config(folder: Path, data: dict[str, Any], name: str = "gateway.yaml")
 
 
 async def make_keys(
-    store_path: Path, *workspaces: str, limits: dict[str, dict[str, int]] | None = None
+    store_path: Path | str, *workspaces: str, limits: dict[str, dict[str, int]] | None = None
 ) -> dict[str, str]:
     """Create each workspace with one key (and optional per-workspace limits); returns name → key."""
     store = await Store.open(store_path)

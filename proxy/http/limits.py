@@ -56,6 +56,7 @@ class Ticket:
     workspace_id: int
     stream: bool
     active: bool = False  # holds one of the workspace's in-flight slots
+    lease: str | None = None  # its stream slot among all workers and hosts (SharedLimits)
 
 
 def workspace_cap(max_concurrent: int, share: float) -> int:
@@ -190,6 +191,46 @@ def admit_stream(app: web.Application, ticket: Ticket) -> None:
     """Once the body says it is a stream: take one of the workspace's stream slots; raises 429."""
     with _counted(app):
         app[appkeys.LIMITER].take_stream(ticket, _limits_of(app, ticket.workspace_id))
+
+
+async def shared_request(app: web.Application, ticket: Ticket) -> None:
+    """With workers or PostgreSQL: the minute bucket every process shares (429 when empty)."""
+    shared = app[appkeys.SHARED_LIMITS]
+    rpm = _limits_of(app, ticket.workspace_id).requests_per_minute
+    if shared is None or rpm is None:
+        return
+    retry = await shared.take_request(ticket.workspace_id, rpm)
+    if retry is not None:
+        with _counted(app):
+            raise WorkspaceLimitedError(
+                ShedReason.WORKSPACE_RPM,
+                f"this workspace is limited to {rpm} requests per minute; retry after the Retry-After delay",
+                retry,
+            )
+
+
+async def shared_stream(app: web.Application, ticket: Ticket) -> None:
+    """With workers or PostgreSQL: one of the workspace's stream slots among all processes."""
+    shared = app[appkeys.SHARED_LIMITS]
+    cap = _limits_of(app, ticket.workspace_id).concurrent_streams
+    if shared is None or cap is None:
+        return
+    admitted, lease = await shared.take_stream(ticket.workspace_id, cap)
+    if not admitted:
+        with _counted(app):
+            raise WorkspaceLimitedError(
+                ShedReason.WORKSPACE_STREAMS,
+                f"this workspace already has {cap} streams open, its limit; retry when one has finished",
+                STREAMS_RETRY_AFTER_S,
+            )
+    ticket.lease = lease
+
+
+def release_shared(app: web.Application, ticket: Ticket) -> None:
+    shared, lease = app[appkeys.SHARED_LIMITS], ticket.lease
+    if shared is not None and lease is not None:
+        ticket.lease = None
+        shared.release(lease)
 
 
 def _limits_of(app: web.Application, workspace_id: int) -> EffectiveLimits:

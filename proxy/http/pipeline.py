@@ -15,7 +15,7 @@ from aiohttp import web
 from proxy import appkeys, errors
 from proxy.billing.holds import take_hold
 from proxy.http.client_request import read_client_request, upstream_request
-from proxy.http.limits import Ticket, admit_stream, workspace_admission
+from proxy.http.limits import Ticket, admit_stream, release_shared, shared_request, shared_stream, workspace_admission
 from proxy.lanes import scrub
 from proxy.lanes.lane import SealedLane
 from proxy.lanes.routing import resolve_route
@@ -33,7 +33,11 @@ async def proxy_request(request: web.Request, endpoint: Endpoint) -> web.StreamR
     record.principal = principal = await app[appkeys.AUTH].authenticate(request)
     # 429 before the body is read: slow, big and bad bodies cost their workspace
     with workspace_admission(app, principal) as ticket:
-        return await _admitted(request, endpoint, ticket)
+        try:
+            await shared_request(app, ticket)
+            return await _admitted(request, endpoint, ticket)
+        finally:
+            release_shared(app, ticket)
 
 
 async def _admitted(request: web.Request, endpoint: Endpoint, ticket: Ticket) -> web.StreamResponse:
@@ -53,6 +57,7 @@ async def _admitted(request: web.Request, endpoint: Endpoint, ticket: Ticket) ->
     lane = runtime.lanes.for_route(route)
     if body.stream:
         admit_stream(app, ticket)  # the stream flag is known now; still before any upstream call
+        await shared_stream(app, ticket)
     key = None
     if route.lane is Lane.BYOK:
         assert record.principal is not None

@@ -236,3 +236,16 @@ CREATE TABLE usage_daily (
 
 -- migration 5: billing: the hold check as one conditional update (last_hold names the hold it admitted)
 ALTER TABLE billing_accounts ADD COLUMN last_hold TEXT;
+
+-- migration 6: shared limits: per-workspace request buckets and stream leases, held across workers and hosts
+CREATE TABLE rate_buckets (
+    workspace_id INTEGER PRIMARY KEY REFERENCES workspaces (id),
+    tokens REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE stream_leases (
+    id TEXT PRIMARY KEY,
+    workspace_id INTEGER NOT NULL REFERENCES workspaces (id),
+    expires_at REAL NOT NULL
+);
+CREATE INDEX stream_leases_by_workspace ON stream_leases (workspace_id, expires_at);

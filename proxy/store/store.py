@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from proxy.store import keys, retention_sql
+from proxy.store import keys, limits_sql, retention_sql
 from proxy.store import usage_sql as usage_store
 from proxy.store.accounts_sql import Accounts
 from proxy.store.billing_store import BillingStore
@@ -315,6 +315,27 @@ class Store(BillingStore):
         """Retention: final usage rows started before `older_than` (epoch seconds) are added to
         usage_daily and removed, in one transaction per hour of rows; returns how many."""
         return await retention_sql.sweep(self.db, older_than)
+
+    # --- limits shared across workers and hosts (limits_sql.py) --------------------------------
+
+    async def take_rate_token(self, workspace_id: int, rpm: int, now: float) -> float | None:
+        """None: one request admitted; else seconds until the workspace's next token."""
+        async with self.transaction() as tx:
+            return await limits_sql.take_token(tx, workspace_id, rpm, now)
+
+    async def take_stream_lease(self, lease_id: str, workspace_id: int, cap: int, now: float, ttl_s: float) -> bool:
+        async with self.transaction() as tx:
+            return await limits_sql.take_lease(tx, lease_id, workspace_id, cap, now, ttl_s)
+
+    async def drop_stream_leases(self, lease_ids: Sequence[str]) -> None:
+        if lease_ids:
+            async with self.transaction() as tx:
+                await limits_sql.drop_leases(tx, lease_ids)
+
+    async def renew_stream_leases(self, lease_ids: Sequence[str], expires_at: float) -> None:
+        if lease_ids:
+            async with self.transaction() as tx:
+                await limits_sql.renew_leases(tx, lease_ids, expires_at)
 
     async def mark_interrupted_usage(self) -> int:
         """Rows a previous process left in flight become `interrupted`; returns how many."""

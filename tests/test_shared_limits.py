@@ -1,0 +1,91 @@
+"""Per-workspace limits hold across processes: 2 workers on one SQLite file, and 2 gateway
+processes ("hosts") on one PostgreSQL. A 60 RPM limit admits 60 in all, not 60 per process;
+a 3-stream limit admits 3 streams in all."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+
+from tests.ops_support import bearer, chat, config_data, fake_upstream, make_keys, process_gateway, write_config
+from tests.pg import fresh_schema
+
+BURST = 90
+
+
+async def _fire(urls: list[str], key: str, model: str, stream: bool, count: int) -> list[int]:
+    """`count` requests at once, spread over `urls`, each on its own connection."""
+    connector = aiohttp.TCPConnector(force_close=True, limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+
+        async def one(i: int) -> int:
+            url = urls[i % len(urls)]
+            async with session.post(f"{url}/v1/chat/completions", json=chat(model, stream), headers=bearer(key)) as r:
+                await r.read()
+                return r.status
+
+        return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+
+@contextlib.asynccontextmanager
+async def _two_hosts(tmp_path: Path, up: str, limits: dict[str, int]) -> AsyncIterator[tuple[list[str], str]]:
+    async with fresh_schema() as url:
+        data = config_data(up)
+        data["store"] = {"url": url}
+        key = (await make_keys(url, "acme", limits={"acme": limits}))["acme"]
+        one = write_config(tmp_path, data, "one.yaml")
+        two = write_config(tmp_path, data, "two.yaml")
+        async with process_gateway(one) as a, process_gateway(two) as b:
+            yield [a.url, b.url], key
+
+
+@contextlib.asynccontextmanager
+async def _two_workers(tmp_path: Path, up: str, limits: dict[str, int]) -> AsyncIterator[tuple[list[str], str]]:
+    key = (await make_keys(tmp_path / "okm.sqlite3", "acme", limits={"acme": limits}))["acme"]
+    config = write_config(tmp_path, config_data(up, workers=2))
+    async with process_gateway(config) as gw:
+        await gw.wait_for_line("all 2 workers ready", timeout=60)
+        yield [gw.url], key
+
+
+def _check_rpm(statuses: list[int], elapsed: float) -> None:
+    ok = statuses.count(200)
+    assert statuses.count(200) + statuses.count(429) == BURST, statuses
+    assert 60 <= ok <= 60 + math.ceil(elapsed), (ok, elapsed)  # refill: 1 token a second
+
+
+async def test_rpm_limit_is_shared_by_two_hosts_on_postgresql(tmp_path: Path) -> None:
+    async with fake_upstream() as up, _two_hosts(tmp_path, up, {"rpm_limit": 60}) as (urls, key):
+        started = time.monotonic()
+        statuses = await _fire(urls, key, "resale/fast", False, BURST)
+        _check_rpm(statuses, time.monotonic() - started)
+
+
+async def test_rpm_limit_is_shared_by_two_workers_on_sqlite(tmp_path: Path) -> None:
+    async with fake_upstream() as up, _two_workers(tmp_path, up, {"rpm_limit": 60}) as (urls, key):
+        started = time.monotonic()
+        statuses = await _fire(urls, key, "resale/fast", False, BURST)
+        _check_rpm(statuses, time.monotonic() - started)
+
+
+async def _check_streams(urls: list[str], key: str) -> None:
+    statuses = await _fire(urls, key, "resale/slow-20-100", True, 10)  # each stream runs ~2 s
+    assert statuses.count(200) == 3 and statuses.count(429) == 7, statuses
+    await asyncio.sleep(0.5)  # a slot frees when the handler has finished, just after the client's last byte
+    assert await _fire(urls, key, "resale/fast", True, 2) == [200, 200]  # the slots came back
+
+
+async def test_stream_limit_is_shared_by_two_hosts_on_postgresql(tmp_path: Path) -> None:
+    async with fake_upstream() as up, _two_hosts(tmp_path, up, {"stream_limit": 3}) as (urls, key):
+        await _check_streams(urls, key)
+
+
+async def test_stream_limit_is_shared_by_two_workers_on_sqlite(tmp_path: Path) -> None:
+    async with fake_upstream() as up, _two_workers(tmp_path, up, {"stream_limit": 3}) as (urls, key):
+        await _check_streams(urls, key)
