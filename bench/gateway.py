@@ -65,13 +65,15 @@ BILLING = {"enabled": True, "prices": {"cheap/*": {"input": "0.50", "cached_inpu
 BENCH_CREDIT_MICROS = 10**15
 
 
-def config_data(port: int, upstream_port: int, profiles: Profiles, billing: bool = False) -> dict:
+def config_data(port: int, upstream_port: int, profiles: Profiles, billing: bool = False, workers: int = 1,
+                store_url: str | None = None) -> dict:
     base = f"http://127.0.0.1:{upstream_port}"
     fast, slow = base + profiles.fast_prefix + "/v1", base + profiles.slow_prefix + "/v1"
     return {
         **({"billing": BILLING} if billing else {}),
         "listen": {"host": "127.0.0.1", "port": port},
-        "store": {"path": "store.sqlite3"},
+        "store": {"url": store_url} if store_url else {"path": "store.sqlite3"},
+        "workers": workers,
         "key_pepper_env": "OKM_KEY_PEPPER",
         "drain": {"deadline_s": 3},
         "log": {"level": "info", "access_log": True},
@@ -92,7 +94,7 @@ def config_data(port: int, upstream_port: int, profiles: Profiles, billing: bool
     }
 
 
-async def _issue_key(store_path: Path, pepper: str, billing: bool) -> str:
+async def _issue_key(store_path: Path | str, pepper: str, billing: bool) -> str:
     store = await Store.open(store_path)
     try:
         await store.create_workspace(WORKSPACE)
@@ -104,11 +106,13 @@ async def _issue_key(store_path: Path, pepper: str, billing: bool) -> str:
     return key.reveal()
 
 
-def prepare(run_dir: Path, upstream_port: int, profiles: Profiles, billing: bool = False) -> GatewaySetup:
+def prepare(run_dir: Path, upstream_port: int, profiles: Profiles, billing: bool = False, workers: int = 1,
+            store_url: str | None = None) -> GatewaySetup:
     port = free_port()
     config = run_dir / "gateway.yaml"
-    config.write_text(yaml.safe_dump(config_data(port, upstream_port, profiles, billing), sort_keys=False))
+    data = config_data(port, upstream_port, profiles, billing, workers, store_url)
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
     pepper = secrets.token_urlsafe(32)
     env = {**os.environ, "OKM_KEY_PEPPER": pepper, UPSTREAM_KEY_ENV: "sk-bench-" + secrets.token_hex(8)}
-    key = asyncio.run(_issue_key(run_dir / "store.sqlite3", pepper, billing))
+    key = asyncio.run(_issue_key(store_url or run_dir / "store.sqlite3", pepper, billing))
     return GatewaySetup(config, env, key, port, run_dir / "gateway.log")

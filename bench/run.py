@@ -52,6 +52,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lane", choices=("resale", "cheap"), default="resale", help="gateway lane under test")
     p.add_argument("--billing", action="store_true",
                    help="billing on: priced models, a prepaid workspace, a hold and a charge on every request")
+    p.add_argument("--workers", type=int, default=1,
+                   help="gateway worker processes (a supervisor and N workers on one port; not pinned to a core)")
+    p.add_argument("--store-url", default=None, metavar="URL",
+                   help="store for the gateway (default: a fresh SQLite file); a PostgreSQL URL must name an empty schema")
     p.add_argument("--only", type=lambda v: set(v.split(",")), default=None, metavar="LIST",
                    help=f"comma-separated subset of: {','.join(SCENARIOS)}")
     p.add_argument("--gateway-src", type=Path, default=None, metavar="DIR",
@@ -93,7 +97,8 @@ Servers = tuple[int, int, gateway.GatewaySetup, dict[str, int]]  # upstream port
 
 
 def start_servers(procs: Procs, run_dir: Path, settings: Settings, proxy_core: int | None,
-                  load_core: int | None, gateway_src: Path | None, billing: bool = False) -> Servers:
+                  load_core: int | None, gateway_src: Path | None, billing: bool = False, workers: int = 1,
+                  store_url: str | None = None) -> Servers:
     py = sys.executable
     with (run_dir / "upstream.log").open("wb") as log:
         up = procs.start("fake upstream", [py, "-m", "bench.fake_upstream"], core=load_core, stdout=log, server=True)
@@ -103,9 +108,10 @@ def start_servers(procs: Procs, run_dir: Path, settings: Settings, proxy_core: i
                            core=proxy_core, stdout=log, server=True)
     bare_port = read_port(run_dir / "bare.log", bare, "bare relay")
     profiles = gateway.Profiles(settings.fast_events, settings.slow_events, settings.slow_ms)
-    setup = gateway.prepare(run_dir, up_port, profiles, billing)
+    setup = gateway.prepare(run_dir, up_port, profiles, billing, workers, store_url)
     with setup.log.open("wb") as log:  # the access log goes here, one JSON line per request
-        gw = procs.start("gateway", setup.command(), core=proxy_core, env=setup.env, stdout=log, server=True,
+        gw_core = proxy_core if workers == 1 else None  # N workers need the cores to themselves
+        gw = procs.start("gateway", setup.command(), core=gw_core, env=setup.env, stdout=log, server=True,
                          cwd=gateway_src)
     wait_http(f"http://127.0.0.1:{setup.port}/readyz", gw, "gateway", setup.log)
     return up_port, bare_port, setup, {"upstream": up.pid, "bare": bare.pid, "gateway": gw.pid}
@@ -262,13 +268,14 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, {load_core})  # the driver only samples; keep it off the proxy's core
     use_wrk = wrk.available() and not args.python_load
     meta = {**machine(args.gateway_src or ROOT), "command": "scripts/bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "lane": args.lane, "billing": args.billing, "gateway_src": str(args.gateway_src or ROOT),
+            "lane": args.lane, "billing": args.billing, "workers": args.workers,
+            "store": "postgresql" if args.store_url else "sqlite", "gateway_src": str(args.gateway_src or ROOT),
             "load_generator": "wrk (non-stream) + Python (streams)" if use_wrk else "Python"}
     procs = Procs()
     try:
         say(f"starting servers in {run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir}")
         up_port, bare_port, setup, pids = start_servers(procs, run_dir, settings, proxy_core, load_core,
-                                                        args.gateway_src, args.billing)
+                                                        args.gateway_src, args.billing, args.workers, args.store_url)
         profiles = gateway.Profiles(settings.fast_events, settings.slow_events, settings.slow_ms)
         targets = make_targets(up_port, bare_port, setup.port, pids, profiles)
         fast_model, slow_model = f"{args.lane}/bench-fast", f"{args.lane}/bench-slow"

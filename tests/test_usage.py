@@ -269,3 +269,31 @@ async def test_retention_rolls_old_rows_into_daily_totals_exactly_once(backend_s
         (day, ws.id, "cheap", "cheap/m", "ok", 2, 11, 7, 18, 8),
         (day, ws.id, "cheap", "cheap/m", "rejected", 1, 0, 0, 0, 0),
     ]
+
+
+async def test_usage_rows_wait_out_a_postgresql_blip_and_are_written(caplog):
+    from tests.pg import fresh_schema, server_url
+
+    async with fresh_schema() as url:
+        name = url.rsplit("search_path=", 1)[1]
+        store, recorder, principal = await _env(f"{url}&application_name={name}")
+        try:
+            import asyncpg
+
+            admin = await asyncpg.connect(server_url())
+            try:  # cut every connection of this store only (other tests and programs share the server)
+                await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                                    name)
+            finally:
+                await admin.close()
+            with caplog.at_level(logging.WARNING):
+                for i in range(5):
+                    recorder.finish(_finished(_record(principal, f"blip-{i}")))
+                async with asyncio.timeout(10):
+                    while recorder.rows_written < 5:
+                        await asyncio.sleep(0.05)
+            assert recorder.write_failures == 0
+            assert await store.fetchall("SELECT count(*) FROM usage WHERE request_id LIKE 'blip-%'") == [(5,)]
+        finally:
+            await recorder.stop()
+            await store.close()

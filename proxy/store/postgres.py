@@ -28,7 +28,8 @@ COMMAND_TIMEOUT_S = 30.0
 MIGRATION_LOCK = 0x6F6B6D  # pg_advisory_xact_lock key: one migrator at a time across hosts
 # Only what a broken connection or server raises: SQL errors (constraint, syntax) pass through.
 _DOWN = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-         asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError)
+         asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError,
+         asyncpg.InternalClientError)  # raised by a connection the server has just closed
 _TOKEN = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|\?")
 
 

@@ -12,12 +12,13 @@ from collections import deque
 from dataclasses import dataclass
 
 from proxy.store import Store
-from proxy.store.rows import USAGE_IN_FLIGHT, UsageRow
+from proxy.store.rows import USAGE_IN_FLIGHT, StoreUnavailable, UsageRow
 from proxy.types import RequestRecord
 
 log = logging.getLogger("okm.usage")
 
 BATCH_ROWS = 200
+RETRY_S = 1.0  # PostgreSQL unreachable: how long rows wait before the next attempt
 MAX_PENDING = 50_000  # beyond this the store is not keeping up: drop and count, never grow without bound
 MAX_TOKENS = 100_000_000  # per row, as metering caps it: sums of rows stay inside 64-bit integers
 MAX_TEXT = 256  # public model names come from clients
@@ -88,6 +89,7 @@ class UsageRecorder:
         self._wakeup = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        self._retry_at = 0.0  # loop time before which a batch the store refused is not retried
         self.write_failures = 0  # rows that could not be written (dropped)
         self.rows_written = 0
         self.interrupted_at_start = 0  # rows a previous process left in flight
@@ -148,6 +150,10 @@ class UsageRecorder:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
+            delay = self._retry_at - asyncio.get_running_loop().time()
+            if delay > 0 and not self._closing:
+                await asyncio.sleep(min(delay, RETRY_S))
+                continue
             batch = [self._queue.popleft() for _ in range(min(self._batch_rows, len(self._queue)))]
             await self._write(batch)
 
@@ -159,9 +165,27 @@ class UsageRecorder:
             await self._store.write_usage(admitted, finished)
             ok = True
             self.rows_written += len(batch)
+        except StoreUnavailable as exc:
+            if not self._hold_for_retry(batch, exc):
+                self.write_failures += len(batch)
+                log.error("usage write failed, %d rows dropped: %s: %s", len(batch), type(exc).__name__, exc)
         except Exception as exc:
             self.write_failures += len(batch)
             log.error("usage write failed, %d rows dropped: %s: %s", len(batch), type(exc).__name__, exc)
         for item in batch:
             if item.committed is not None and not item.committed.done():
                 item.committed.set_result(ok)
+
+    def _hold_for_retry(self, batch: list[_Item], exc: StoreUnavailable) -> bool:
+        """PostgreSQL out of reach: keep the rows (up to max_pending) and retry after RETRY_S.
+
+        Their admissions resolve False at once (the request goes on, as for any failed write);
+        the rows are written when the server is back. Not while stopping, and never for SQLite,
+        whose failures (disk full, read-only) do not pass by waiting.
+        """
+        if self._store.kind != "postgresql" or self._closing or len(self._queue) + len(batch) > self._max_pending:
+            return False
+        log.warning("store unreachable, %d usage rows kept for a retry in %gs: %s", len(batch), RETRY_S, exc)
+        self._queue.extendleft(reversed([_Item(i.row, i.final, None) for i in batch]))
+        self._retry_at = asyncio.get_running_loop().time() + RETRY_S
+        return True
