@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from proxy import __version__
-from proxy.admin import billing_cli
+from proxy.admin import billing_cli, store_copy
 from proxy.admin import cli as admin_cli
 from proxy.admin.cli import Command
 from proxy.config import load_config, parse_workers
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin_cli.register(sub, [common])
     billing_cli.register(sub, [common])
     console_cli.register(sub, [common])
+    store_copy.register(sub, [common])
     return parser
 
 
