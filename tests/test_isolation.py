@@ -358,6 +358,21 @@ async def test_canary_sweep_no_operator_secret_reaches_any_answer(gateway: Any) 
     gw.nostream.script(Reply(200, payloads.response_object(MODEL, text=" ".join(secrets))))
     answer = await gw.post("/v1/responses", {"model": "resale/gpt-nostream", "input": "hi", "stream": True})
     leaks += [f"synthesized: {s[:12]}…" for s in secrets if s.encode() in answer.body]
+    # Responses streams (event: lines) and embeddings, on every lane
+    quoted = " ".join(secrets)
+    delta = payloads.sse({"type": "response.output_text.delta", "delta": quoted, "sequence_number": 1},
+                         event="response.output_text.delta")
+    done = payloads.sse({"type": "response.completed", "response": payloads.response_object(MODEL, text=quoted),
+                         "sequence_number": 2}, event="response.completed")
+    for lane, model in SWEEP_LANES.items():
+        fakes[lane].script(Stream((delta, done)))
+        answer = await gw.post("/v1/responses", {"model": model, "input": "hi", "stream": True})
+        fakes[lane].script(Reply(200, {"object": "list", "data": [], "model": quoted, "usage": {"echo": secrets}}))
+        embedded = await gw.post("/v1/embeddings", {"model": model, "input": "hi"})
+        for name, got in (("responses-stream", answer), ("embeddings", embedded)):
+            seen = got.body + "\n".join(f"{k}: {v}" for k, v in got.headers.items()).encode()
+            leaks += [f"{lane}/{name}: {s[:12]}…" for s in secrets if s.encode() in seen]
+        sent += 2
     assert not leaks, leaks
     text = await scrape(gw.url, gw.session)
     assert sum(metric(text, "okm_secrets_masked_total", where=w) for w in ("body", "event", "header")) >= sent
