@@ -246,9 +246,10 @@ class GatewayProcess:
 
 
 @contextlib.asynccontextmanager
-async def process_gateway(config_path: Path, notify_socket: Path | None = None) -> AsyncIterator[GatewayProcess]:
+async def process_gateway(config_path: Path, notify_socket: Path | None = None,
+                          extra_env: dict[str, str] | None = None) -> AsyncIterator[GatewayProcess]:
     """`python -m proxy serve --config …` with stdout+stderr captured; killed if still running at exit."""
-    env = {**os.environ, **ENV, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **ENV, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     env.pop("NOTIFY_SOCKET", None)
     if notify_socket is not None:
         env["NOTIFY_SOCKET"] = str(notify_socket)

@@ -1,6 +1,7 @@
 """Per-workspace limits hold across processes: 2 workers on one SQLite file, and 2 gateway
 processes ("hosts") on one PostgreSQL. A 60 RPM limit admits 60 in all, not 60 per process;
-a 3-stream limit admits 3 streams in all."""
+a 3-stream limit admits 3 streams in all; a balance that covers 10 holds admits at most 10 of 50
+concurrent requests over both hosts."""
 
 from __future__ import annotations
 
@@ -10,23 +11,27 @@ import math
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
+from proxy.store import Store
 from tests.ops_support import bearer, chat, config_data, fake_upstream, make_keys, process_gateway, write_config
 from tests.pg import fresh_schema
 
 BURST = 90
 
 
-async def _fire(urls: list[str], key: str, model: str, stream: bool, count: int) -> list[int]:
+async def _fire(urls: list[str], key: str, model: str, stream: bool, count: int,
+                extra: dict[str, Any] | None = None) -> list[int]:
     """`count` requests at once, spread over `urls`, each on its own connection."""
     connector = aiohttp.TCPConnector(force_close=True, limit=0)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
 
         async def one(i: int) -> int:
             url = urls[i % len(urls)]
-            async with session.post(f"{url}/v1/chat/completions", json=chat(model, stream), headers=bearer(key)) as r:
+            body = {**chat(model, stream), **(extra or {})}
+            async with session.post(f"{url}/v1/chat/completions", json=body, headers=bearer(key)) as r:
                 await r.read()
                 return r.status
 
@@ -89,3 +94,26 @@ async def test_stream_limit_is_shared_by_two_hosts_on_postgresql(tmp_path: Path)
 async def test_stream_limit_is_shared_by_two_workers_on_sqlite(tmp_path: Path) -> None:
     async with fake_upstream() as up, _two_workers(tmp_path, up, {"stream_limit": 3}) as (urls, key):
         await _check_streams(urls, key)
+
+
+HOLD_MICROS = 10_000  # max_tokens 1000 at 10.00 per 1M output tokens; input priced at 0
+
+
+async def test_a_balance_for_10_holds_admits_at_most_10_across_two_hosts(tmp_path: Path) -> None:
+    async with fake_upstream() as up, fresh_schema() as url:
+        data = config_data(up)
+        data["store"] = {"url": url}
+        data["billing"] = {"enabled": True, "prices": {"resale/*": {"input": "0", "output": "10.00"},
+                                                       "cheap/*": {"input": "0", "output": "10.00"}}}
+        key = (await make_keys(url, "acme"))["acme"]
+        store = await Store.open(url)
+        try:
+            await store.add_ledger_entry("acme", 10 * HOLD_MICROS + HOLD_MICROS // 2, "topup", "ten holds", "test")
+        finally:
+            await store.close()
+        one, two = write_config(tmp_path, data, "one.yaml"), write_config(tmp_path, data, "two.yaml")
+        async with process_gateway(one, extra_env={"OKM_INSTANCE_ID": "host-a"}) as a, \
+                process_gateway(two, extra_env={"OKM_INSTANCE_ID": "host-b"}) as b:
+            statuses = await _fire([a.url, b.url], key, "resale/slow-20-100", True, 50, {"max_tokens": 1000})
+    assert statuses.count(200) + statuses.count(402) == 50, statuses
+    assert statuses.count(200) == 10, statuses  # all 50 overlap: exactly the 10 the balance covers
