@@ -182,3 +182,16 @@ async def test_store_failures_keep_the_cache_and_a_first_load_failure_is_503(sto
 
 def test_failure_reasons_are_a_small_bounded_set():
     assert [r.value for r in AuthFailure] == ["missing", "malformed", "unknown", "revoked", "disabled"]
+
+
+async def test_a_key_seen_before_is_remembered_only_for_itself_and_its_snapshot(client, store, issued):
+    api_key, key = issued
+    assert (await _call(client, {"Authorization": f"Bearer {key}"}))[0] == 200  # now verified
+    body = key[: len(keys.PREFIX) + keys.KEY_ID_LEN + 1] + "x" * keys.SECRET_LEN  # same key id, other secret
+    forged = body + keys._checksum(body)
+    assert keys.key_id_of(forged) == api_key.id
+    assert (await _call(client, {"Authorization": f"Bearer {forged}"}))[:3:2] == (401, "unknown")
+    assert (await _call(client, {"Authorization": f"Bearer {key}"}))[0] == 200
+    await store.revoke_api_key(api_key.id)
+    client.app[AUTH].invalidate()
+    assert (await _call(client, {"Authorization": f"Bearer {key}"}))[:3:2] == (401, "revoked")

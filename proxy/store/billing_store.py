@@ -39,7 +39,7 @@ _EMPTY = BillingAccount(0, "prepaid", None, 0, 0, 0, "", 0)  # explains a refusa
 class BillingStore:
     """Mixed into Store, which provides transactions, reads and the workspace/key getters."""
 
-    db: Database
+    db: Database  # reason: provided by Store
 
     def transaction(self) -> AbstractAsyncContextManager[Tx]:
         raise NotImplementedError  # reason: provided by Store
@@ -56,13 +56,21 @@ class BillingStore:
     async def take_hold(self, hold: HoldRequest, decide: sql.Decide) -> Any:
         """Check and hold in one transaction; returns decide()'s refusal, or None once held.
 
-        Without a key limit: one batch (one trip) and, only when refused, a read to explain why.
-        With one: a transaction that locks the account and the key rows and lets `decide` rule."""
+        Without a key limit: the one-trip statements (a conditional update of the account row plus
+        the hold row) and the check that the hold was taken, in one transaction, and only when
+        refused a read to explain why. With one: a transaction that locks the account and the key
+        rows and lets `decide` rule. Both as one `run_transaction` (SQLite: one hop to the
+        writer's thread, group-committed with the holds queued meanwhile)."""
+        now = time.time()
         if hold.key_limited:
-            async with self.transaction() as tx:
-                return await sql.take_hold(tx, hold, decide, time.time())
-        await self.db.execute_batch(sql.hold_statements(hold, time.time()))
-        if await self.db.fetchone(sql.HELD, (hold.request_id,)) is not None:
+            return await self.db.run_transaction(lambda tx: sql.take_hold(tx, hold, decide, now))
+
+        async def one_trip(tx: Tx) -> bool:
+            for statement, rows in sql.hold_statements(hold, now):
+                await tx.executemany(statement, rows)
+            return await tx.fetchone(sql.HELD, (hold.request_id,)) is not None
+
+        if await self.db.run_transaction(one_trip):
             return None
         refusal = await sql.explain_refusal(self.db, hold, decide)
         return refusal if refusal is not None else decide(_EMPTY, None)

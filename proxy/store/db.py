@@ -6,12 +6,13 @@ Rows come back as plain tuples. Nothing above `proxy.store` sees this module.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 Row = tuple[Any, ...]
 Params = Sequence[Any]
+T = TypeVar("T")
 
 
 class Tx(Protocol):
@@ -49,6 +50,12 @@ class Database(Protocol):
 
     async def execute_batch(self, batch: Sequence[tuple[str, Sequence[Params]]]) -> None:
         """Each (statement, rows) as one executemany, all in one transaction (the usage writer)."""
+        ...
+
+    async def run_transaction(self, work: Callable[[Tx], Awaitable[T]]) -> T:
+        """`work(tx)` inside one transaction, committed when it returns. SQLite runs it whole on the
+        writer's thread (one hop instead of one per statement), so `work` must await nothing but
+        `tx`'s methods; PostgreSQL runs it like `transaction()`."""
         ...
 
     async def close(self) -> None: ...

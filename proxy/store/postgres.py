@@ -17,7 +17,7 @@ from typing import Any
 
 import asyncpg
 
-from proxy.store.db import Params, Row
+from proxy.store.db import Params, Row, T, Tx
 from proxy.store.migrations import Migration, newer_schema
 from proxy.store.rows import StoreUnavailable
 from proxy.store_url import POSTGRESQL, StoreUrl
@@ -138,6 +138,10 @@ class PgDatabase:
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
         row = await self._read(self._pool.fetchrow, sql, params)
         return None if row is None else tuple(row)
+
+    async def run_transaction(self, work: Callable[[Tx], Awaitable[T]]) -> T:
+        async with self.transaction() as tx:
+            return await work(tx)
 
     async def execute_batch(self, batch: Sequence[tuple[str, Sequence[Params]]]) -> None:
         async with self.transaction() as tx:

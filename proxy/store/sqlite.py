@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
-from proxy.store.db import Params, Row
+from proxy.store.db import Params, Row, T, Tx
 from proxy.store.migrations import Migration, newer_schema
 from proxy.store.rows import StoreUnavailable
 from proxy.store_url import SQLITE
@@ -48,6 +49,53 @@ class SqliteTx:
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         return [tuple(r) for r in await self._db.execute_fetchall(sql, params)]
+
+
+class InlineTx:
+    """A Tx over the plain sqlite3 connection, for work run whole on the writer's thread: its
+    methods are coroutines that never suspend, so the work can be driven to its end in one go."""
+
+    for_update = ""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        return self._db.execute(sql, params).rowcount
+
+    async def executemany(self, sql: str, params: Iterable[Params]) -> None:
+        self._db.executemany(sql, params)
+
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
+        row = self._db.execute(sql, params).fetchone()
+        return None if row is None else tuple(row)
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        return [tuple(r) for r in self._db.execute(sql, params).fetchall()]
+
+
+def _drive(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends to its result (it awaits only InlineTx methods)."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]  # reason: StopIteration.value is untyped
+    coro.close()
+    raise RuntimeError("work run on the SQLite writer's thread awaited something other than its transaction")
+
+
+def _run_inline(db: sqlite3.Connection, work: Callable[[Tx], Awaitable[T]]) -> T:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        pending = work(InlineTx(db))
+        assert isinstance(pending, Coroutine)  # reason: an async function's call, driven here
+        result: T = _drive(pending)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return result
 
 
 def _run_batch(db: sqlite3.Connection, batch: Sequence[tuple[str, Sequence[Params]]]) -> None:
@@ -131,6 +179,16 @@ class SqliteDatabase:
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
+
+    async def run_transaction(self, work: Callable[[Tx], Awaitable[T]]) -> T:
+        """`work` whole on the writer's thread, between BEGIN IMMEDIATE and COMMIT: one hop
+        (the same private dispatch execute_batch uses)."""
+        writer = self._writer
+        async with self._write_lock:
+            try:
+                return await writer._execute(_run_inline, writer._conn, work)  # type: ignore[no-any-return]  # reason: aiosqlite's _execute is untyped
+            except (sqlite3.Error, ValueError) as exc:  # aiosqlite: ValueError once closed
+                raise StoreUnavailable(f"cannot write to the store: {exc}") from exc
 
     async def execute_batch(self, batch: Sequence[tuple[str, Sequence[Params]]]) -> None:
         """The whole batch as one call on the writer connection's thread (aiosqlite's own

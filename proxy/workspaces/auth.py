@@ -10,7 +10,7 @@ import hmac
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import hdrs, web
 
@@ -25,6 +25,7 @@ CHECK_INTERVAL_S = 1.0  # how stale the cache may be when another process change
 MISS_RECHECK_S = 0.1  # an unknown key may trigger a version check this often, no more
 QUERY_KEY_PARAMS = ("api_key", "api-key", "apikey", "key", "access_token")
 API_KEY_HEADER = "api-key"
+MAX_VERIFIED = 10_000  # keys remembered as verified per snapshot (only keys that passed the hash check)
 
 
 MSG_MISSING = "You didn't provide an API key. Send your gateway key as 'Authorization: Bearer <key>' (or an 'api-key' header)."
@@ -78,6 +79,9 @@ class _Snapshot:
     entries: Mapping[str, AuthEntry]  # by key id
     principals: Mapping[str, Principal]  # by key id
     workspaces: Mapping[int, AuthEntry]  # by workspace id: any one entry, for its workspace and providers
+    # key → key id for keys whose hash matched this snapshot's entry: a key seen before is one dict
+    # lookup; a new snapshot (any change to keys or workspaces) starts empty, so it re-checks the hash
+    verified: dict[str, str] = field(default_factory=dict)
 
 
 def _snapshot(version: int, entries: list[AuthEntry]) -> _Snapshot:
@@ -143,6 +147,15 @@ class Authenticator:
         return await self.authenticate_key(extract_key(request))
 
     async def authenticate_key(self, key: str) -> Principal:
+        snapshot = self._snapshot
+        if snapshot is not None and self._fresh(self._interval):
+            known = snapshot.verified.get(key)
+            if known is not None:
+                return self._principal(snapshot, snapshot.entries[known])
+        return await self._authenticate_new(key)
+
+    async def _authenticate_new(self, key: str) -> Principal:
+        """A key not verified against the current snapshot: shape and checksum, then the keyed hash."""
         key_id = keys.key_id_of(key)
         if key_id is None:
             raise KeyRejectedError(AuthFailure.MALFORMED, MSG_MALFORMED)
@@ -152,13 +165,19 @@ class Authenticator:
         entry = snapshot.entries.get(key_id)
         if entry is None or not hmac.compare_digest(entry.key_hash, keys.hash_api_key(key, self._pepper)):
             raise KeyRejectedError(AuthFailure.UNKNOWN, MSG_INVALID)
+        if len(snapshot.verified) < MAX_VERIFIED:
+            snapshot.verified[key] = key_id
+        return self._principal(snapshot, entry)
+
+    @staticmethod
+    def _principal(snapshot: _Snapshot, entry: AuthEntry) -> Principal:
         if entry.revoked:
             raise KeyRejectedError(AuthFailure.REVOKED, MSG_INVALID)
         if entry.workspace.disabled:
             raise WorkspaceDisabledError(
                 f"Workspace '{entry.workspace.name}' is disabled. Contact your gateway operator."
             )
-        return snapshot.principals[key_id]
+        return snapshot.principals[entry.key_id]
 
     async def ensure_fresh(self) -> None:
         """Bring the cached copy up to date (at most one version read per CHECK_INTERVAL_S)."""
