@@ -131,12 +131,16 @@ async def take_hold(app: web.Application, book: PriceBook, record: RequestRecord
     month = dt.datetime.now(dt.UTC).strftime("%Y-%m")
     hold = HoldRequest(record.request_id, principal.workspace_id, principal.key_id, amount, app[OWNER], month,
                        key_limited=principal.key_limited)
+    # Set before the wait: a client that leaves while the hold commits still gets a final row that
+    # releases it (settlement releases a request's hold only if the hold exists, so this is safe).
+    record.hold_micros = amount
     try:
         refusal = await app[appkeys.STORE].take_hold(hold, decide(amount, book.currency, month))
     except StoreError as exc:
+        record.hold_micros = 0
         raise errors.ServiceUnavailableError("Billing is unavailable: the gateway's store cannot be written; "
                                              "retry shortly.", code="billing_unavailable") from exc
     if refusal is not None:
+        record.hold_micros = 0
         app[appkeys.METRICS].child(app[appkeys.METRICS].billing_refusals, refusal.error.code).inc()
         raise refusal.error
-    record.hold_micros = amount

@@ -84,18 +84,31 @@ def _drive(coro: Coroutine[Any, Any, T]) -> T:
     raise RuntimeError("work run on the SQLite writer's thread awaited something other than its transaction")
 
 
-def _run_inline(db: sqlite3.Connection, work: Callable[[Tx], Awaitable[T]]) -> T:
+Outcome = tuple[bool, Any]  # (True, result) or (False, the exception the work raised)
+
+
+def _run_group(db: sqlite3.Connection, works: Sequence[Callable[[Tx], Awaitable[Any]]]) -> list[Outcome]:
+    """Group commit: each work in its own savepoint, all in one BEGIN IMMEDIATE … COMMIT. A work
+    that raises is rolled back to its savepoint alone; the others still commit."""
+    outcomes: list[Outcome] = []
     db.execute("BEGIN IMMEDIATE")
     try:
-        pending = work(InlineTx(db))
-        assert isinstance(pending, Coroutine)  # reason: an async function's call, driven here
-        result: T = _drive(pending)
+        for work in works:
+            db.execute("SAVEPOINT okm_work")
+            try:
+                pending = work(InlineTx(db))
+                assert isinstance(pending, Coroutine)  # reason: an async function's call, driven here
+                outcomes.append((True, _drive(pending)))
+            except Exception as exc:
+                db.execute("ROLLBACK TO okm_work")
+                outcomes.append((False, exc))
+            db.execute("RELEASE okm_work")
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
-    return result
+    return outcomes
 
 
 def _run_batch(db: sqlite3.Connection, batch: Sequence[tuple[str, Sequence[Params]]]) -> None:
@@ -120,6 +133,8 @@ class SqliteDatabase:
         self._writer = writer
         self._reader = reader
         self._write_lock = asyncio.Lock()
+        self._queued: list[tuple[Callable[[Tx], Awaitable[Any]], asyncio.Future[Any]]] = []
+        self._leader: asyncio.Future[None] | None = None
 
     @classmethod
     async def open(cls, path: Path, migrations: tuple[Migration, ...]) -> SqliteDatabase:
@@ -181,14 +196,45 @@ class SqliteDatabase:
         return rows[0] if rows else None
 
     async def run_transaction(self, work: Callable[[Tx], Awaitable[T]]) -> T:
-        """`work` whole on the writer's thread, between BEGIN IMMEDIATE and COMMIT: one hop
-        (the same private dispatch execute_batch uses)."""
+        """`work` whole on the writer's thread, with every other work queued meanwhile, in one
+        BEGIN IMMEDIATE … COMMIT (one savepoint each): one hop and one commit per group, however
+        many requests wait (the prepaid holds under load). Each work still sees the ones before
+        it, as if it ran alone after them."""
+        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queued.append((work, done))
+        if self._leader is None:  # one task per group, tied to no caller: a caller that leaves strands no one
+            self._leader = asyncio.ensure_future(self._run_queued())
+        return await done
+
+    async def _run_queued(self) -> None:
+        try:
+            async with self._write_lock:
+                while self._queued:  # what queued while a group ran is the next group
+                    group, self._queued = self._queued, []
+                    await self._run_group(group)
+        finally:
+            self._leader = None
+
+    async def _run_group(self, group: list[tuple[Callable[[Tx], Awaitable[Any]], asyncio.Future[Any]]]) -> None:
         writer = self._writer
-        async with self._write_lock:
-            try:
-                return await writer._execute(_run_inline, writer._conn, work)  # type: ignore[no-any-return]  # reason: aiosqlite's _execute is untyped
-            except (sqlite3.Error, ValueError) as exc:  # aiosqlite: ValueError once closed
-                raise StoreUnavailable(f"cannot write to the store: {exc}") from exc
+        try:
+            outcomes: list[Outcome] = await writer._execute(_run_group, writer._conn, [w for w, _ in group])  # reason: the same private dispatch as execute_batch
+        except (sqlite3.Error, ValueError) as exc:  # aiosqlite: ValueError once closed
+            outcomes = [(False, StoreUnavailable(f"cannot write to the store: {exc}"))] * len(group)
+        except BaseException:
+            for _, done in group:
+                if not done.done():
+                    done.set_exception(StoreUnavailable("the store closed while writing"))
+            raise
+        for (_, done), (ok, value) in zip(group, outcomes, strict=True):
+            if done.done():  # its caller left
+                continue
+            if ok:
+                done.set_result(value)
+            elif isinstance(value, sqlite3.Error):
+                done.set_exception(StoreUnavailable(f"cannot write to the store: {value}"))
+            else:
+                done.set_exception(value)
 
     async def execute_batch(self, batch: Sequence[tuple[str, Sequence[Params]]]) -> None:
         """The whole batch as one call on the writer connection's thread (aiosqlite's own
