@@ -8,9 +8,9 @@ by the usage writer, in the transaction of the request's final usage row.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +23,7 @@ from proxy.billing.money import format_amount
 from proxy.billing.prices import PriceBook
 from proxy.relay import metering
 from proxy.store import Store
+from proxy.store.billing_sql import month_of
 from proxy.store.rows import BillingAccount, HoldRequest, KeySpend, StoreError
 from proxy.supervisor_env import WORKER_ENV
 from proxy.types import Endpoint, Price, RequestRecord
@@ -128,7 +129,7 @@ async def take_hold(app: web.Application, book: PriceBook, record: RequestRecord
     amount = hold_amount(data, endpoint, price, book, prompt_bytes)
     if amount <= 0:
         return
-    month = dt.datetime.now(dt.UTC).strftime("%Y-%m")
+    month = month_of(time.time())
     hold = HoldRequest(record.request_id, principal.workspace_id, principal.key_id, amount, app[OWNER], month,
                        key_limited=principal.key_limited)
     # Set before the wait: a client that leaves while the hold commits still gets a final row that

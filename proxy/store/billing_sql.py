@@ -9,6 +9,7 @@ epoch seconds. A hold locks one row, the workspace's `billing_accounts` row, wit
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -77,7 +78,13 @@ def capped_sum(column: str) -> str:
 
 
 def month_of(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m")
+    """The UTC month ("2026-12") of an epoch time; by UTC day, memoized (a call per billed request)."""
+    return _month_of_day(int(ts // 86400))
+
+
+@functools.lru_cache(maxsize=64)
+def _month_of_day(day: int) -> str:
+    return dt.datetime.fromtimestamp(day * 86400, dt.UTC).strftime("%Y-%m")
 
 
 def account_row(row: Sequence[Any]) -> BillingAccount:
