@@ -45,7 +45,7 @@ MSG_SCHEME = "The Authorization header must use the Bearer scheme: 'Authorizatio
 
 def extract_key(request: web.Request) -> str:
     """The one key a request presents, by the header rules; raises KeyRejectedError otherwise."""
-    if any(name in request.query for name in QUERY_KEY_PARAMS):
+    if request.query_string and any(name in request.query for name in QUERY_KEY_PARAMS):
         raise KeyRejectedError(AuthFailure.MALFORMED, MSG_QUERY)
     authorization = request.headers.getall(hdrs.AUTHORIZATION, [])
     api_key = request.headers.getall(API_KEY_HEADER, [])
