@@ -10,6 +10,7 @@ import email.policy
 import time
 from typing import Any
 
+import aiohttp
 import openai
 import orjson
 import pytest
@@ -303,3 +304,22 @@ async def test_cost_follows_the_usage_object_else_the_per_request_price(gateway:
         ("audio/transcriptions", 14, 3, 0, 14 + 3 * 4 + 1000),
         ("responses/input_tokens", 0, 0, 0, 1000),
     ]
+
+
+async def test_revoking_the_key_cuts_a_speech_answer_mid_body(gateway: Any) -> None:
+    gw: Gateway = await gateway(pool=1)
+    gw.pool[0].script(Stream(tuple(p for _ in range(60) for p in (b"\0" * 512, 0.1)), content_type="audio/mpeg"))
+    received = b""
+    async with gw.session.post(gw.url + "/v1/audio/speech", headers=gw.auth(),
+                               json={"model": f"cheap/{MODEL}", "voice": "alloy", "input": "hi"}) as resp:
+        received += await resp.content.readany()
+        key_id = (await gw.app[appkeys.STORE].list_api_keys("ws"))[0].id
+        async with gw.session.post(f"{gw.url}/admin/keys/{key_id}/revoke",
+                                   headers={"Authorization": "Bearer admin-test-token"}) as revoked:
+            assert revoked.status == 200
+        started = time.monotonic()
+        with pytest.raises(aiohttp.ClientPayloadError):  # aborted: no chunked end, never a "complete" file
+            while chunk := await resp.content.readany():
+                received += chunk
+    assert time.monotonic() - started < 3.0 and len(received) < 60 * 512
+    assert (await _row(gw))["outcome"] == "interrupted"

@@ -144,8 +144,8 @@ async def relay_bytes(request: web.Request, answer: Answer, headers: Mapping[str
                       record: RequestRecord) -> web.StreamResponse:
     """A non-JSON answer (speech audio, a transcript as text) relayed chunk by chunk as it arrives.
 
-    Bytes have no in-band error: an upstream that breaks off mid-body (or the drain deadline) gets
-    the client's connection aborted, so the truncation shows (no chunked-encoding end), never a
+    Bytes have no in-band error: an upstream that breaks off mid-body (or the drain deadline,
+    `limits.max_stream_s`, revoked access) gets the client's connection aborted, so the truncation shows (no chunked-encoding end), never a
     short "complete" file.
     """
     reply = answer.reply
@@ -162,11 +162,11 @@ async def relay_bytes(request: web.Request, answer: Answer, headers: Mapping[str
         stall_s = request.app[appkeys.STATE].runtime.config.limits.client_stall_timeout_s
         client = ClientWriter(response, request.transport, stall_s)
         try:
-            async with request.app[appkeys.DRAIN].watch():
+            async with request.app[appkeys.DRAIN].watch(), _watch(request, record, answer):
                 async for chunk in reply.chunks():
                     await client.write(chunk)
-        except (StreamBroken, DrainDeadline) as exc:
-            if isinstance(exc, DrainDeadline):
+        except (StreamBroken, DrainDeadline, StreamCut) as exc:
+            if not isinstance(exc, StreamBroken):  # the drain, the stream limit or revoked access cut it
                 end = End.CUT
             else:
                 end = End.UPSTREAM_TIMED_OUT if exc.timeout else End.UPSTREAM_FAILED
