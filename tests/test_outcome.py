@@ -23,7 +23,8 @@ def _record(*, outcome: Outcome = Outcome.OK, delivered: bool = False, status: i
 def _counts(metrics: Metrics) -> tuple[float, float, float]:
     value = metrics.registry.get_sample_value
     interrupted = sum(value("okm_streams_interrupted_total", {"lane": "cheap", "reason": r}) or 0.0
-                      for r in ("upstream_broke", "idle_timeout", "event_too_large", "drain_deadline"))
+                      for r in ("upstream_broke", "idle_timeout", "event_too_large", "drain_deadline",
+                                "stream_too_long", "access_revoked"))
     disconnects = sum(value("okm_client_disconnects_total", {"phase": p}) or 0.0
                       for p in ("waiting", "streaming", "stalled"))
     return interrupted, value("okm_inband_errors_total", {"lane": "cheap"}) or 0.0, disconnects
@@ -37,6 +38,8 @@ CASES = {
     "idle timeout": (End.IDLE_TIMEOUT, Outcome.OK, False, 200, Outcome.UPSTREAM_TIMEOUT, (1, 1, 0)),
     "event too large": (End.EVENT_TOO_LARGE, Outcome.OK, False, 200, Outcome.UPSTREAM_ERROR, (1, 1, 0)),
     "drain deadline": (End.DRAIN_DEADLINE, Outcome.OK, False, 200, Outcome.INTERRUPTED, (1, 1, 0)),
+    "stream too long": (End.STREAM_TOO_LONG, Outcome.OK, False, 200, Outcome.INTERRUPTED, (1, 1, 0)),
+    "access revoked": (End.ACCESS_REVOKED, Outcome.OK, False, 200, Outcome.INTERRUPTED, (1, 1, 0)),
     "client left mid-stream": (End.CLIENT_LEFT, Outcome.OK, False, 200, Outcome.CLIENT_CANCELLED, (0, 0, 1)),
     "client left waiting": (End.CLIENT_LEFT, Outcome.OK, False, 0, Outcome.CLIENT_CANCELLED, (0, 0, 1)),
     "client stalled": (End.CLIENT_STALLED, Outcome.OK, False, 200, Outcome.CLIENT_CANCELLED, (0, 0, 1)),

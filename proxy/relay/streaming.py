@@ -70,9 +70,7 @@ async def stream_answer(request: web.Request, answer: Answer, headers: Mapping[s
         except (StreamBroken, EventTooLarge) as exc:
             await _upstream_broke(response, relay, record, exc, metrics)
         except StreamCut as exc:
-            record.outcome = Outcome.INTERRUPTED
-            metrics.streams_interrupted.labels(lane, exc.code).inc()
-            metrics.inband_errors.labels(lane).inc()
+            record_end(record, metrics, End(exc.code))  # the cut's code names its End
             await response.write(inband_error(exc.message, exc.code, responses=relay.responses,
                                               sequence_number=relay.data_events))
         except DrainDeadline:

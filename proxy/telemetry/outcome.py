@@ -22,6 +22,8 @@ class End(StrEnum):
     IDLE_TIMEOUT = "idle_timeout"  # mid-stream: the upstream went silent
     EVENT_TOO_LARGE = "event_too_large"  # mid-stream: an event over limits.max_event_bytes
     DRAIN_DEADLINE = "drain_deadline"  # mid-stream: the stop's deadline cut it
+    STREAM_TOO_LONG = "stream_too_long"  # mid-stream: limits.max_stream_s reached (relay.stream_watch)
+    ACCESS_REVOKED = "access_revoked"  # mid-stream: its key, workspace or BYOK access went away
     CUT = "cut"  # cancelled by the stop's cut before its stream was watched
     CLIENT_LEFT = "client_left"  # the client went away (waiting, or mid-stream)
     CLIENT_STALLED = "client_stalled"  # the client stopped reading (limits.client_stall_timeout_s)
@@ -45,6 +47,8 @@ _RULES: dict[End, _Rule] = {
     End.IDLE_TIMEOUT: _Rule(Outcome.UPSTREAM_TIMEOUT, "idle_timeout"),
     End.EVENT_TOO_LARGE: _Rule(Outcome.UPSTREAM_ERROR, "event_too_large"),
     End.DRAIN_DEADLINE: _Rule(Outcome.INTERRUPTED, "drain_deadline"),
+    End.STREAM_TOO_LONG: _Rule(Outcome.INTERRUPTED, "stream_too_long"),
+    End.ACCESS_REVOKED: _Rule(Outcome.INTERRUPTED, "access_revoked"),
     End.CUT: _Rule(Outcome.INTERRUPTED),
     End.CLIENT_LEFT: _Rule(Outcome.CLIENT_CANCELLED, disconnect=True),
     End.CLIENT_STALLED: _Rule(Outcome.CLIENT_CANCELLED, disconnect=True),
