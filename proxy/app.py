@@ -21,6 +21,7 @@ from proxy.http.admission import admission, close_when_draining
 from proxy.http.handlers import add_routes
 from proxy.http.limits import Limiter
 from proxy.http.middleware import request_context
+from proxy.lanes.shared_health import SharedPoolHealth
 from proxy.relay.drain import Drain
 from proxy.relay.outgoing import mask_outgoing
 from proxy.relay.stream_watch import STREAM_WATCH, SWEEP_EVERY_S, StreamWatch
@@ -86,11 +87,14 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     app[appkeys.STORE], app[appkeys.AUTH], app[appkeys.USAGE] = store, auth, usage
     app[appkeys.BYOK] = ByokVault(store, auth)
     shared = app[appkeys.SHARED_LIMITS] = SharedLimits(store) if _shared(config, store) else None
-    if shared is not None:
+    health = SharedPoolHealth(store, lambda: state.runtime.lanes.cheap.pool) if shared is not None else None
+    if shared is not None and health is not None:
         shared.start()
+        health.start()
     app[appkeys.DRAIN].advance(Phase.READY)
     yield
-    if shared is not None:
+    if shared is not None and health is not None:
+        await health.stop()
         await shared.stop()
     await usage.stop()
     await auth.stop()

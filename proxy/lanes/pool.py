@@ -107,6 +107,7 @@ class Pool:
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
         self._trackers = {a.name: _Tracker(a) for a in accounts}
+        self.learned: dict[str, float] = {}  # cool-downs learned here, as seconds from now, for SharedPoolHealth
 
     def serves(self, model: str) -> bool:
         return any(model in t.account.models for t in self._trackers.values())
@@ -145,6 +146,7 @@ class Pool:
             tracker.ejected_until = _NEVER
         elif result is AttemptResult.RATE_LIMITED:
             tracker.cooling_until = now + self._cooldown(retry_after)
+            self.learned[name] = self._cooldown(retry_after)
         elif result is AttemptResult.AUTH_ERROR:
             if tracker.disabled or self._may_eject(tracker, now):  # a 401/403 obeys the ejection cap too
                 tracker.disabled = True
@@ -166,6 +168,12 @@ class Pool:
         if not live or any(t.state(now) is not AccountState.COOLING for t in live):
             return None
         return min(t.cooling_until for t in live) - now
+
+    def cool(self, name: str, for_s: float) -> None:
+        """A cool-down another process learned: out for `for_s` seconds unless already out longer."""
+        tracker = self._trackers.get(name)
+        if tracker is not None and for_s > 0:
+            tracker.cooling_until = max(tracker.cooling_until, self._clock() + for_s)
 
     def snapshot(self) -> list[AccountHealth]:
         now = self._clock()

@@ -236,3 +236,9 @@ CREATE TABLE stream_leases (
     expires_at DOUBLE PRECISION NOT NULL
 );
 CREATE INDEX stream_leases_by_workspace ON stream_leases (workspace_id, expires_at);
+
+-- migration 7: pool account cool-downs (429 Retry-After) shared by every worker and host
+CREATE TABLE pool_cooldowns (
+    account TEXT PRIMARY KEY,
+    cooling_until DOUBLE PRECISION NOT NULL
+);

@@ -337,6 +337,16 @@ class Store(BillingStore):
             async with self.transaction() as tx:
                 await limits_sql.renew_leases(tx, lease_ids, expires_at)
 
+    async def push_pool_cooldowns(self, until: Sequence[tuple[str, float]]) -> None:
+        if until:
+            async with self.transaction() as tx:
+                await limits_sql.push_cooldowns(tx, until)
+
+    async def pool_cooldowns(self, now: float) -> list[tuple[str, float]]:
+        """Accounts some process has cooled down, with the epoch second they return."""
+        rows = await self.fetchall("SELECT account, cooling_until FROM pool_cooldowns WHERE cooling_until > ?", (now,))
+        return [(str(r[0]), float(r[1])) for r in rows]
+
     async def mark_interrupted_usage(self) -> int:
         """Rows a previous process left in flight become `interrupted`; returns how many."""
         async with self.transaction() as db:
