@@ -195,3 +195,19 @@ async def test_a_key_seen_before_is_remembered_only_for_itself_and_its_snapshot(
     await store.revoke_api_key(api_key.id)
     client.app[AUTH].invalidate()
     assert (await _call(client, {"Authorization": f"Bearer {key}"}))[:3:2] == (401, "revoked")
+
+
+async def test_while_a_check_runs_a_known_key_is_served_but_an_invalidated_copy_never(store, issued):
+    _, key = issued
+    clock = FrozenClock()
+    auth = Authenticator(store, PEPPER, clock=clock)
+    await auth.start()
+    assert (await auth.authenticate_key(key)).workspace_name == "acme"  # verified
+    clock.now += 5  # a version check is due
+    async with auth._lock:  # another request's check is running
+        assert (await asyncio.wait_for(auth.authenticate_key(key), 1)).workspace_name == "acme"
+        auth.invalidate()  # e.g. the admin API revoked something: the next answer must wait for the reload
+        waiting = asyncio.ensure_future(auth.authenticate_key(key))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+    assert (await asyncio.wait_for(waiting, 5)).workspace_name == "acme"

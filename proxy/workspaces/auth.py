@@ -148,7 +148,9 @@ class Authenticator:
 
     async def authenticate_key(self, key: str) -> Principal:
         snapshot = self._snapshot
-        if snapshot is not None and self._fresh(self._interval):
+        # as in _ensure_fresh: while another request checks the version, the current copy serves
+        current = self._fresh(self._interval) or (self._lock.locked() and not self._stale)
+        if snapshot is not None and current:
             known = snapshot.verified.get(key)
             if known is not None:
                 return self._principal(snapshot, snapshot.entries[known])
