@@ -9,11 +9,11 @@ worker keeps the account out of every worker's rotation within about a second. E
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 
+from proxy.background import BackgroundTask
 from proxy.lanes.pool import Pool
 from proxy.store import Store
 from proxy.store.rows import StoreUnavailable
@@ -27,17 +27,13 @@ class SharedPoolHealth:
     def __init__(self, store: Store, current_pool: Callable[[], Pool]) -> None:
         self._store = store
         self._pool = current_pool  # the pool of the running config (a reload builds a new one)
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask("pool-health-sync")
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="pool-health-sync")
+        self._task.start(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
 
     async def sync(self) -> None:
         pool, now = self._pool(), time.time()

@@ -4,10 +4,10 @@ hourly (Store.sweep_usage does the work). Started and stopped by the app's reten
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
+from proxy.background import BackgroundTask
 from proxy.store.store import Store
 
 log = logging.getLogger("okm.store")
@@ -21,7 +21,7 @@ class UsageRetention:
     def __init__(self, store: Store, days: int) -> None:
         self._store = store
         self._days = days
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask("usage-retention")
 
     async def sweep_once(self) -> int:
         """Remove (and roll up) the rows past retention now; returns how many."""
@@ -31,14 +31,10 @@ class UsageRetention:
         return removed
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="usage-retention")
+        self._task.start(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
 
     async def _run(self) -> None:
         await asyncio.sleep(FIRST_SWEEP_S)

@@ -5,7 +5,6 @@ non-secret fields; the client-supplied model ID passes through telemetry.redacti
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import sys
@@ -14,6 +13,7 @@ from typing import IO
 
 import orjson
 
+from proxy.background import BackgroundTask
 from proxy.telemetry.redaction import redact
 from proxy.types import RequestRecord
 
@@ -31,7 +31,7 @@ class AccessLog:
     def __init__(self, stream: IO[bytes] | None = None) -> None:
         self._stream = stream
         self._lines: list[bytes] = []
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask("access-log")
 
     def write(self, line: bytes) -> None:
         self._lines.append(line)
@@ -53,14 +53,10 @@ class AccessLog:
             self.flush()
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="access-log")
+        self._task.start(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
         self.flush()
 
 

@@ -17,6 +17,7 @@ import logging
 import secrets
 import time
 
+from proxy.background import BackgroundTask
 from proxy.store import Store
 from proxy.store.rows import StoreUnavailable
 
@@ -32,18 +33,14 @@ class SharedLimits:
         self._leases: set[str] = set()
         self._ended: list[str] = []
         self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask("stream-lease-renewal")
         self.unavailable = 0  # shared checks skipped because the store could not be reached
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._renew(), name="stream-lease-renewal")
+        self._task.start(self._renew())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
         with contextlib.suppress(StoreUnavailable):
             await self._store.drop_stream_leases(sorted(self._leases) + self._ended)
         self._leases.clear()
