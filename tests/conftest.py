@@ -255,3 +255,19 @@ async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     add_task_check(items)
+
+
+@pytest.fixture
+async def visitors() -> AsyncIterator[Callable[[Any], Any]]:
+    """Console browsers-without-a-browser (cookie-keeping HTTP clients), each closed after the test."""
+    from tests.console_support import ConsoleClient  # it imports this module: a top-level import would cycle
+
+    made: list[ConsoleClient] = []
+
+    def make(gw: Any) -> ConsoleClient:
+        made.append(ConsoleClient(gw))
+        return made[-1]
+
+    yield make
+    for client in made:
+        await client.close()

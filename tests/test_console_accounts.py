@@ -11,22 +11,9 @@ from pathlib import Path
 import pytest
 
 from proxy import appkeys
-from tests.console_support import PASSWORD, ConsoleClient, console_gateway
+from tests.console_support import PASSWORD, console_gateway
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-async def visitors():
-    made: list[ConsoleClient] = []
-
-    def make(gw):
-        made.append(ConsoleClient(gw))
-        return made[-1]
-
-    yield make
-    for client in made:
-        await client.close()
 
 
 async def _cli(gw, *args: str) -> tuple[int, str, str]:

@@ -7,27 +7,12 @@ import random
 import statistics
 import time
 
-import pytest
-
 from proxy import appkeys
 from proxy.store.rows import UsageRow
-from tests.console_support import PASSWORD, ConsoleClient, console_gateway
+from tests.console_support import PASSWORD, console_gateway
 
 NEW_PASSWORD = "another long password"
 PAGES = ("", "keys", "byok", "usage", "billing", "members")
-
-
-@pytest.fixture
-async def visitors():
-    made: list[ConsoleClient] = []
-
-    def make(gw):
-        made.append(ConsoleClient(gw))
-        return made[-1]
-
-    yield make
-    for client in made:
-        await client.close()
 
 
 async def test_password_change_ends_every_other_session(gateway, visitors):

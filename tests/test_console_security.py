@@ -13,21 +13,7 @@ import time
 import pytest
 
 from proxy import appkeys
-from tests.console_support import PASSWORD, ConsoleClient, console_gateway
-
-
-@pytest.fixture
-async def visitors():
-    made: list[ConsoleClient] = []
-
-    def make(gw):
-        client = ConsoleClient(gw)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        await client.close()
+from tests.console_support import PASSWORD, console_gateway
 
 
 async def _signed_up(gateway, visitors, **console):
