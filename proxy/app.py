@@ -17,7 +17,7 @@ from proxy.admin.billing_api import setup_billing_routes
 from proxy.billing import holds
 from proxy.config import Config
 from proxy.console.site import setup_console
-from proxy.http.admission import admission, close_when_draining
+from proxy.http.admission import close_when_draining
 from proxy.http.handlers import add_routes
 from proxy.http.limits import Limiter
 from proxy.http.middleware import request_context
@@ -45,7 +45,7 @@ log = logging.getLogger("okm.app")
 
 
 def build_app(config: Config, metrics: Metrics | None = None) -> web.Application:
-    app = web.Application(middlewares=[request_context, admission], client_max_size=ADMIN_MAX_BODY)
+    app = web.Application(middlewares=[request_context], client_max_size=ADMIN_MAX_BODY)
     app[appkeys.STATE] = State(Runtime.build(config))
     app[appkeys.METRICS] = metrics or Metrics()
     app[appkeys.LIMITER], app[appkeys.DRAIN] = Limiter(), Drain()

@@ -1,45 +1,31 @@
-"""The admission middleware: the global in-flight cap for proxied requests and refusal of late
-requests while the gateway stops; plus `Connection: close` on every answer during a drain.
-The middleware sits inside `middleware.request_context`, which records whatever it refuses.
+"""Admission: the global in-flight cap for proxied requests and refusal of late requests while
+the gateway stops (called by `middleware.request_context`, which records whatever it refuses);
+plus `Connection: close` on every answer during a drain.
 """
 
 from __future__ import annotations
-
-import asyncio
 
 from aiohttp import hdrs, web
 
 from proxy import appkeys
 from proxy.errors import OverloadedError
-from proxy.http.limits import OVERLOAD_RETRY_AFTER_S
-from proxy.http.middleware import Handler
-from proxy.telemetry.outcome import End, record_end
-from proxy.types import Phase, RequestRecord, ShedReason
+from proxy.http.limits import OVERLOAD_RETRY_AFTER_S, Limiter
+from proxy.types import Phase, ShedReason
 
 
-@web.middleware
-async def admission(request: web.Request, handler: Handler) -> web.StreamResponse:
-    app = request.app
-    record: RequestRecord | None = request.get(appkeys.RECORD)
-    if record is None:  # health, metrics, admin, model list: never shed
-        return await handler(request)
-    limiter, drain = app[appkeys.LIMITER], app[appkeys.DRAIN]
+def admit(app: web.Application) -> Limiter:
+    """Take one of the global in-flight slots (the caller gives it back with `leave()`), or raise
+    OverloadedError (counted in okm_requests_shed_total) while stopping or at the cap."""
+    limiter = app[appkeys.LIMITER]
     try:
-        if drain.phase >= Phase.CLOSED:
+        if app[appkeys.DRAIN].phase >= Phase.CLOSED:
             raise OverloadedError(ShedReason.DRAINING, "the gateway is shutting down; retry the request",
                                   OVERLOAD_RETRY_AFTER_S)
         limiter.enter(app[appkeys.STATE].runtime.config.limits.max_concurrent_requests)
     except OverloadedError as exc:
         app[appkeys.METRICS].shed.labels(exc.reason).inc()
         raise
-    try:
-        return await handler(request)
-    except asyncio.CancelledError:
-        if drain.phase is Phase.CUTTING:  # cut by the stop, not by the client
-            record_end(record, app[appkeys.METRICS], End.CUT)
-        raise
-    finally:
-        limiter.leave()
+    return limiter
 
 
 async def close_when_draining(request: web.Request, response: web.StreamResponse) -> None:

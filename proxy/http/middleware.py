@@ -1,6 +1,10 @@
-"""Per-request context for every route: request id, the request record, the one mapping of
-errors to OpenAI-shaped JSON, and the single place a request's fate is recorded (metrics,
-usage row, access log). Valid only before a response has started.
+"""The gateway's one middleware, for every route: request id, the request record, admission
+(the global in-flight cap and refusal while stopping, http/admission), the one mapping of errors
+to OpenAI-shaped JSON, and the single place a request's fate is recorded (metrics, usage row,
+access log). Valid only before a response has started.
+
+One function instead of a chain: each middleware layer was a coroutine frame, a `partial` call
+and a try/finally per request (docs/benchmarks.md, issue 14).
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ from aiohttp import web
 
 from proxy import appkeys, errors
 from proxy.billing.cost import request_cost
+from proxy.http.admission import admit
 from proxy.telemetry.accesslog import access_line
 from proxy.telemetry.outcome import End, end_of_error, record_end
-from proxy.types import Endpoint, RequestRecord
+from proxy.types import Endpoint, Phase, RequestRecord
 
 log = logging.getLogger("okm.middleware")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -45,29 +50,38 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         if not response.prepared:
             response.headers[REQUEST_ID_HEADER] = request_id
         return response
+    app = request.app
     record = RequestRecord(request_id, time.time(), time.monotonic(), endpoint)
     request[appkeys.RECORD] = record
     answer: web.StreamResponse | None = None
     try:
-        answer = await handler(request)
+        limiter = admit(app)  # 503 overloaded / shutting down: refused before anything else
+        try:
+            answer = await handler(request)
+        except asyncio.CancelledError:
+            if app[appkeys.DRAIN].phase is Phase.CUTTING:  # cut by the stop, not by the client
+                record_end(record, app[appkeys.METRICS], End.CUT)
+            raise
+        finally:
+            limiter.leave()
         if not answer.prepared:
             answer.headers[REQUEST_ID_HEADER] = request_id
             record.status = answer.status
         return answer
     except errors.ProxyError as exc:
         record.status = exc.status
-        record_end(record, request.app[appkeys.METRICS], end_of_error(exc, record))
+        record_end(record, app[appkeys.METRICS], end_of_error(exc, record))
         _count_auth_failure(request, exc)
         return error_response(exc, request_id)
     except asyncio.CancelledError:
-        record_end(record, request.app[appkeys.METRICS], End.CLIENT_LEFT)
+        record_end(record, app[appkeys.METRICS], End.CLIENT_LEFT)
         raise
     except Exception:  # a bug of ours: the client still gets an OpenAI error, never a traceback
         if record.status:  # a stream had started: nothing more can be said on it
             raise
         log.exception("unexpected error in request %s", request_id)
         record.status = 500
-        record_end(record, request.app[appkeys.METRICS], End.INTERNAL_ERROR)
+        record_end(record, app[appkeys.METRICS], End.INTERNAL_ERROR)
         return error_response(errors.ProxyError(f"internal gateway error (request {request_id})"), request_id)
     finally:
         committed = _finish(request, record)
