@@ -44,8 +44,11 @@ async def read_body(request: web.Request, max_bytes: int, timeout_s: float) -> b
         raise UnsupportedMediaError(f"compressed request bodies ({encoding}) are not supported; send plain JSON")
     if request.content_length is not None and request.content_length > max_bytes:
         raise _too_large(max_bytes)
-    if request.content.is_eof():  # the whole body already arrived with the headers: no timer needed
-        return await _collect(request, max_bytes)
+    if request.content.is_eof():  # the whole body already arrived with the headers: no timer, no iterator
+        raw = request.content.read_nowait(-1)
+        if len(raw) > max_bytes:
+            raise _too_large(max_bytes)
+        return raw
     try:
         async with asyncio.timeout(timeout_s):
             return await _collect(request, max_bytes)

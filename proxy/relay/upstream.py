@@ -80,6 +80,15 @@ class HttpReply:
             self._rearm(self._last_read + self._idle_s)
 
     async def read(self, limit: int) -> bytes:
+        content = self._resp.content
+        if content.is_eof():  # the whole answer has arrived (the common small JSON): no iterator, no timer
+            try:
+                data = content.read_nowait(-1)
+            except (aiohttp.ClientError, ConnectionError) as exc:
+                raise StreamBroken(f"upstream connection broke: {type(exc).__name__}") from exc
+            if len(data) > limit:
+                raise StreamBroken(f"upstream answer is larger than {limit} bytes")
+            return data
         parts: list[bytes] = []
         size = 0
         async for chunk in self.chunks():
