@@ -21,6 +21,7 @@ from proxy.store_url import SQLITE
 SKIP = ("meta",)  # the target keeps its own auth-version counter
 CHUNK = 1000
 _CREATE = re.compile(r"^CREATE TABLE (\w+)", re.MULTILINE)
+_DROP = re.compile(r"^DROP TABLE (\w+)", re.MULTILINE)
 
 
 class CopyRefused(StoreError):
@@ -31,7 +32,8 @@ def table_order() -> list[str]:
     from importlib import resources
 
     text = resources.files("proxy.store").joinpath(FILES[SQLITE]).read_text(encoding="utf-8")
-    return [t for t in _CREATE.findall(text) if t not in SKIP]
+    dropped = set(_DROP.findall(text))  # a later migration removed it
+    return [t for t in _CREATE.findall(text) if t not in SKIP and t not in dropped]
 
 
 async def _columns(store: Store, table: str) -> dict[str, str]:

@@ -8,11 +8,13 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from proxy.lanes.health_share import HealthNews, Pusher, disabled_for
+from proxy.store.rows import PoolHealthRow
 from proxy.types import AttemptResult
 
 if TYPE_CHECKING:
@@ -23,7 +25,7 @@ class AccountState(StrEnum):
     HEALTHY = "healthy"
     COOLING = "cooling"  # answered 429: out until its Retry-After (or the policy cool-down) passes
     EJECTED = "ejected"  # 5xx / connect error / timeout: out for a back-off that doubles per failure
-    DISABLED = "disabled"  # 401/403: out until a config reload builds a new Pool (within max_ejected_share)
+    DISABLED = "disabled"  # 401/403: out until a reload or restart builds a new Pool (within max_ejected_share)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +89,10 @@ class Pool:
     The max_ejected_share cap counts ejected and disabled (401/403) accounts against the whole
     pool, not per model: no run of failures, auth errors included, takes out more than that share.
     A SUCCESS also ends an ejection (the account just answered) but never a 429 cool-down.
+
+    Sharing (proxy.lanes.shared_health): what `report` learns is also kept as news for the store
+    (`take_news`), and `apply_shared` makes the merged health of every worker and host this pool's
+    own. `wall` is the epoch clock those shared times are in; `clock` the one choices run on.
     """
 
     def __init__(
@@ -95,6 +101,7 @@ class Pool:
         policy: PoolPolicy,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         names = [a.name for a in accounts]
         duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -105,9 +112,11 @@ class Pool:
             raise ValueError(f"pool account weight must be > 0: {', '.join(unweighted)}")
         self._policy = policy
         self._clock = clock
+        self._wall = wall
+        self.built_at = wall()  # a 401/403 disabling learned before this (a reload, a restart) is not ours
         self._rng = rng if rng is not None else random.Random()
         self._trackers = {a.name: _Tracker(a) for a in accounts}
-        self.learned: dict[str, float] = {}  # cool-downs learned here, as seconds from now, for SharedPoolHealth
+        self._news: dict[str, HealthNews] = {}  # learned here since the last take_news; one per account
 
     def serves(self, model: str) -> bool:
         return any(model in t.account.models for t in self._trackers.values())
@@ -141,21 +150,32 @@ class Pool:
     def report(self, name: str, result: AttemptResult, retry_after: float | None = None) -> None:
         tracker = self._tracker(name)
         now = self._clock()
+        news = HealthNews()
         if result is AttemptResult.SUCCESS:
+            if tracker.consecutive_failures == 0 and tracker.ejected_until == _NEVER:
+                return  # nothing to heal: the common case records nothing
             tracker.consecutive_failures = 0
             tracker.ejected_until = _NEVER
+            news.healed = True
         elif result is AttemptResult.RATE_LIMITED:
             tracker.cooling_until = now + self._cooldown(retry_after)
-            self.learned[name] = self._cooldown(retry_after)
+            news.cooling_until = self._wall() + self._cooldown(retry_after)
         elif result is AttemptResult.AUTH_ERROR:
-            if tracker.disabled or self._may_eject(tracker, now):  # a 401/403 obeys the ejection cap too
+            if not tracker.disabled and self._may_eject(tracker, now):  # a 401/403 obeys the ejection cap too
                 tracker.disabled = True
+                news.disabled_at = self._wall()
         elif result in _EJECTING:
             tracker.consecutive_failures += 1
+            news.failures = 1
             if self._may_eject(tracker, now):
-                tracker.ejected_until = now + self._backoff(tracker.consecutive_failures)
-                tracker.eject_reason = result.value
-        # CLIENT_ERROR: the request's fault, says nothing about the account.
+                backoff = self._backoff(tracker.consecutive_failures)
+                tracker.ejected_until = now + backoff
+                tracker.eject_reason = news.reason = result.value
+                news.ejected_until = self._wall() + backoff
+        else:
+            return  # CLIENT_ERROR: the request's fault, says nothing about the account.
+        known = self._news.get(name)
+        self._news[name] = news if known is None else known.then(news)
 
     def soonest_retry_after(self, model: str) -> float | None:
         """Seconds until the first account for `model` is back, if all are merely rate-limited.
@@ -169,11 +189,33 @@ class Pool:
             return None
         return min(t.cooling_until for t in live) - now
 
-    def cool(self, name: str, for_s: float) -> None:
-        """A cool-down another process learned: out for `for_s` seconds unless already out longer."""
-        tracker = self._trackers.get(name)
-        if tracker is not None and for_s > 0:
-            tracker.cooling_until = max(tracker.cooling_until, self._clock() + for_s)
+    def pusher(self) -> Pusher:
+        return Pusher(frozenset(self._trackers), self._policy.max_ejected_share, self.built_at)
+
+    def take_news(self) -> dict[str, HealthNews]:
+        """What this pool learned since the last call, for the store; the pool forgets it."""
+        news, self._news = self._news, {}
+        return news
+
+    def give_back(self, news: Mapping[str, HealthNews]) -> None:
+        """News the store did not take (it was down): sent with the next round, before newer news."""
+        for name, item in news.items():
+            newer = self._news.get(name)
+            self._news[name] = item if newer is None else item.then(newer)
+
+    def apply_shared(self, rows: Mapping[str, PoolHealthRow]) -> None:
+        """The merged health of every process becomes this pool's view of each account, except an
+        account this pool learned more about since its news was taken (the next round sends it)."""
+        now, wall = self._clock(), self._wall()
+        for name, tracker in self._trackers.items():
+            if name in self._news:
+                continue
+            row = rows.get(name, PoolHealthRow(name))
+            tracker.consecutive_failures = row.failures
+            tracker.ejected_until = now + row.ejected_until - wall if row.ejected_until > wall else _NEVER
+            tracker.eject_reason = row.eject_reason if tracker.ejected_until > now else None
+            tracker.disabled = disabled_for(row, self.built_at)
+            tracker.cooling_until = now + row.cooling_until - wall if row.cooling_until > wall else _NEVER
 
     def snapshot(self) -> list[AccountHealth]:
         now = self._clock()

@@ -1,9 +1,12 @@
-"""Pool-account cool-downs shared by every worker and host on one store (workers > 1 or PostgreSQL).
+"""Pool-account health shared by every worker and host on one store (workers > 1 or PostgreSQL).
 
-Every SYNC_S one task writes the cool-downs (429 + Retry-After) this process learned and reads
-those every other process wrote, applying them to the current pool: a cool-down learned by one
-worker keeps the account out of every worker's rotation within about a second. Ejections for
-5xx and timeouts stay per process (each worker learns them from its own failed attempt).
+Every SYNC_S one task hands the store what the current pool learned since the last round
+(ejections after 5xx, connect errors and timeouts with their back-off, 401/403 disablings,
+429 cool-downs, successes that re-admit an account) and takes back the merged health of every
+process (proxy.lanes.health_share says how news is merged): what one worker learns reaches every
+other worker and host within SYNC_S + one store round trip of the next round, well under 1 s,
+and an account re-admitted anywhere comes back everywhere the same way. When the store is
+down, each process keeps its own view and its news waits for the next round.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ import time
 from collections.abc import Callable
 
 from proxy.background import BackgroundTask
+from proxy.lanes.health_share import merge
 from proxy.lanes.pool import Pool
 from proxy.store import Store
-from proxy.store.rows import StoreUnavailable
+from proxy.store.rows import StoreError
 
 log = logging.getLogger("okm.pool")
 
-SYNC_S = 0.5
+SYNC_S = 0.25
 
 
 class SharedPoolHealth:
@@ -36,15 +40,18 @@ class SharedPoolHealth:
         await self._task.stop()
 
     async def sync(self) -> None:
-        pool, now = self._pool(), time.time()
-        learned, pool.learned = pool.learned, {}
+        pool = self._pool()
+        news, pusher = pool.take_news(), pool.pusher()
         try:
-            await self._store.push_pool_cooldowns([(name, now + for_s) for name, for_s in learned.items()])
-            for name, until in await self._store.pool_cooldowns(now):
-                pool.cool(name, until - now)
-        except StoreUnavailable as exc:
-            pool.learned.update(learned)  # pushed on the next round
+            if news:
+                rows = await self._store.merge_pool_health(lambda rows: merge(rows, news, pusher, time.time()))
+            else:
+                rows = await self._store.pool_health()
+        except StoreError as exc:  # StoreUnavailable above all: the database is down
+            pool.give_back(news)  # pushed on the next round
             log.warning("pool health not shared this round: %s", exc)
+            return
+        pool.apply_shared(rows)
 
     async def _run(self) -> None:
         while True:

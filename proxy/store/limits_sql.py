@@ -52,10 +52,3 @@ async def drop_leases(tx: Tx, lease_ids: Sequence[str]) -> None:
 async def renew_leases(tx: Tx, lease_ids: Sequence[str], expires_at: float) -> None:
     await tx.executemany("UPDATE stream_leases SET expires_at = ? WHERE id = ?", [(expires_at, i) for i in lease_ids])
 
-
-async def push_cooldowns(tx: Tx, until: Sequence[tuple[str, float]]) -> None:
-    """Each account's cool-down end (epoch seconds), keeping the later one already stored."""
-    await tx.executemany(
-        "INSERT INTO pool_cooldowns (account, cooling_until) VALUES (?, ?) ON CONFLICT (account) DO UPDATE SET "
-        "cooling_until = CASE WHEN excluded.cooling_until > pool_cooldowns.cooling_until "
-        "THEN excluded.cooling_until ELSE pool_cooldowns.cooling_until END", list(until))

@@ -267,3 +267,19 @@ def check_workspace_limit(field: str, value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LIMIT:
         raise InvalidValue(f"{field} must be a whole number >= 1 (at most {MAX_LIMIT}), or null for the configured default")
     return value
+
+
+@dataclass(frozen=True, slots=True)
+class PoolHealthRow:
+    """One pool account's health as every worker and host on the store shares it (epoch seconds).
+
+    `ejected_until`/`cooling_until` 0 mean not ejected / not cooling. `disabled_at` is when a
+    401/403 took the account out; a pool built (started or reloaded) after that ignores it.
+    """
+
+    account: str
+    failures: int = 0  # consecutive 5xx/connect/timeout failures: the ejection back-off exponent
+    ejected_until: float = 0.0
+    eject_reason: str | None = None
+    disabled_at: float | None = None
+    cooling_until: float = 0.0

@@ -255,3 +255,16 @@ CREATE TABLE pool_cooldowns (
     account TEXT PRIMARY KEY,
     cooling_until REAL NOT NULL
 );
+
+-- migration 8: pool account health shared by every worker and host: ejections (5xx, timeouts), 401/403 disabling, cool-downs
+CREATE TABLE pool_health (
+    account TEXT PRIMARY KEY,
+    failures INTEGER NOT NULL,
+    ejected_until REAL NOT NULL,
+    eject_reason TEXT,
+    disabled_at REAL,
+    cooling_until REAL NOT NULL
+);
+INSERT INTO pool_health (account, failures, ejected_until, eject_reason, disabled_at, cooling_until)
+    SELECT account, 0, 0, NULL, NULL, cooling_until FROM pool_cooldowns;
+DROP TABLE pool_cooldowns;

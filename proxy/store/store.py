@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from proxy.store import keys, limits_sql, retention_sql
+from proxy.store import keys, limits_sql, pool_health_sql, retention_sql
 from proxy.store import usage_sql as usage_store
 from proxy.store.accounts_sql import Accounts
 from proxy.store.billing_store import BillingStore
@@ -31,6 +31,7 @@ from proxy.store.rows import (
     InvalidValue,
     Keep,
     KeyNotFound,
+    PoolHealthRow,
     StoreError,
     UsageRow,
     UsageTotal,
@@ -337,15 +338,14 @@ class Store(BillingStore):
             async with self.transaction() as tx:
                 await limits_sql.renew_leases(tx, lease_ids, expires_at)
 
-    async def push_pool_cooldowns(self, until: Sequence[tuple[str, float]]) -> None:
-        if until:
-            async with self.transaction() as tx:
-                await limits_sql.push_cooldowns(tx, until)
+    async def pool_health(self) -> dict[str, PoolHealthRow]:
+        """Every pool account's shared health (pool_health_sql.py)."""
+        return {row.account: row for row in map(pool_health_sql.to_row, await self.fetchall(pool_health_sql.SELECT))}
 
-    async def pool_cooldowns(self, now: float) -> list[tuple[str, float]]:
-        """Accounts some process has cooled down, with the epoch second they return."""
-        rows = await self.fetchall("SELECT account, cooling_until FROM pool_cooldowns WHERE cooling_until > ?", (now,))
-        return [(str(r[0]), float(r[1])) for r in rows]
+    async def merge_pool_health(self, work: pool_health_sql.Merge) -> dict[str, PoolHealthRow]:
+        """`work` (pure: all rows → the changed ones) runs once under the merge lock; returns every row."""
+        lock = self.kind == POSTGRESQL
+        return await self.db.run_transaction(lambda tx: pool_health_sql.merge(tx, work, lock=lock))
 
     async def mark_interrupted_usage(self) -> int:
         """Rows a previous process left in flight become `interrupted`; returns how many."""
