@@ -27,7 +27,7 @@ from proxy.http.limits import Limiter
 from proxy.lanes.secret_guard import operator_secrets
 from proxy.reload import reload_config
 from proxy.store.rows import StoreError
-from proxy.supervisor_env import WORKER_ENV
+from proxy.supervisor_env import RELOAD_ANSWER, WORKER_ENV
 from proxy.telemetry.metrics import metrics_handler
 from proxy.telemetry.notify import notify
 from proxy.telemetry.redaction import configure_logging
@@ -188,8 +188,8 @@ async def _reload_on_signal(app: web.Application, requested: asyncio.Event) -> N
         await requested.wait()
         requested.clear()  # SIGHUPs that arrive during a reload coalesce into one more
         _notify("RELOADING=1")
-        await reload_config(app)
-        _notify("READY=1")
+        outcome = await reload_config(app)
+        _notify(f"READY=1\n{RELOAD_ANSWER}={'ok' if outcome.ok else 'refused'}")  # a supervisor waits for it
 
 
 async def _drain(app: web.Application, site: web.TCPSite, signals: _Signals) -> None:

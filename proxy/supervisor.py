@@ -4,7 +4,8 @@ Each worker is `python -m proxy serve` with OKM_WORKER set, binding the listen p
 SO_REUSEPORT (the kernel spreads connections). The supervisor holds a bound, non-listening
 socket on the port, so port 0 resolves once and a restarted worker gets the same port. Workers
 report READY/RELOADING/STOPPING to the supervisor's own notify socket (sender pid from
-SO_PASSCRED); the supervisor tells systemd READY once every worker is ready. Metrics from all
+SO_PASSCRED); the supervisor tells systemd READY once every worker is ready, and after a reload
+once every worker has answered it (X_OKM_RELOAD, bounded by RELOAD_WAIT_S). Metrics from all
 workers meet in a fresh prometheus-client multiprocess directory, removed at exit.
 """
 
@@ -27,7 +28,7 @@ from pathlib import Path
 from proxy.config import Config, load_config
 from proxy.errors import ConfigError
 from proxy.lanes.secret_guard import operator_secrets
-from proxy.supervisor_env import WORKER_ENV
+from proxy.supervisor_env import RELOAD_ANSWER, WORKER_ENV
 from proxy.telemetry.notify import notify
 from proxy.telemetry.redaction import configure_logging
 
@@ -35,6 +36,7 @@ log = logging.getLogger("okm.supervisor")
 
 BACKOFF_START_S, BACKOFF_MAX_S = 0.5, 30.0
 HEALTHY_AFTER_S = 30.0  # a worker that lived this long resets the back-off
+RELOAD_WAIT_S = 10.0  # how long READY=1 after a reload waits for the workers' answers
 _CRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
 
 
@@ -45,6 +47,7 @@ class _Worker:
     started: float = 0.0
     ready: bool = False
     failures: int = 0  # consecutive early deaths: the back-off exponent
+    reload_answer: str | None = None  # "ok" or "refused": its answer to the last reload passed on
 
 
 @dataclass(slots=True)
@@ -150,11 +153,42 @@ class _Supervisor:
         if new.workers != self.config.workers:
             log.warning("config reload: workers changed; it takes effect only after a restart")
         self._notify("RELOADING=1")
+        asked: dict[int, int] = {}  # worker index → the pid that got the SIGHUP
         for worker in self.state.workers:
             if worker.proc is not None and worker.proc.returncode is None:
+                worker.reload_answer = None
                 worker.proc.send_signal(signal.SIGHUP)
+                asked[worker.index] = worker.proc.pid
+        if await self._reload_answers(asked):
+            self.config = new
         self._notify("READY=1")
-        log.info("reload passed to %d workers", len(self.state.workers))
+
+    async def _reload_answers(self, asked: dict[int, int]) -> bool:
+        """Wait until every worker asked has answered the reload or died (a restarted worker reads
+        the new file anyway), at most RELOAD_WAIT_S; say who refused and who did not answer."""
+        workers = [w for w in self.state.workers if w.index in asked]
+
+        def gone(w: _Worker) -> bool:
+            return w.proc is None or w.proc.pid != asked[w.index] or w.proc.returncode is not None
+
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(RELOAD_WAIT_S):
+                while not all(gone(w) or w.reload_answer is not None for w in workers):
+                    self.state.changed.clear()
+                    await self.state.changed.wait()
+        ok = [w for w in workers if not gone(w) and w.reload_answer == "ok"]
+        for w in workers:
+            if gone(w):
+                log.warning("worker %d (pid %d) ended during the reload; its restart reads the new config",
+                            w.index, asked[w.index])
+            elif w.reload_answer == "refused":
+                log.error("worker %d (pid %d) refused the reload and keeps its previous config (see its log)",
+                          w.index, asked[w.index])
+            elif w.reload_answer is None:
+                log.warning("worker %d (pid %d) did not confirm the reload within %gs; telling systemd READY anyway",
+                            w.index, asked[w.index], RELOAD_WAIT_S)
+        log.info("reload confirmed by %d of %d workers", len(ok), len(workers))
+        return not any(w.reload_answer == "refused" for w in workers if not gone(w))
 
     def _on_stop(self, stop: asyncio.Event) -> None:
         again = self.state.stopping
@@ -215,9 +249,13 @@ class _Supervisor:
     def _worker_said(self, pid: int | None, message: str) -> None:
         for worker in self.state.workers:
             if worker.proc is not None and worker.proc.pid == pid:
-                if "READY=1" in message.split("\n"):
+                lines = message.split("\n")
+                if "READY=1" in lines:
                     worker.ready = True
                     self.state.changed.set()
+                for line in lines:
+                    if line.startswith(f"{RELOAD_ANSWER}="):
+                        worker.reload_answer = line.partition("=")[2]
                 return
 
     def _notify(self, message: str) -> None:
