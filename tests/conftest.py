@@ -27,7 +27,7 @@ from proxy.app import build_app
 from proxy.config import Config, load_config
 from proxy.store import Store
 from proxy.workspaces.crypto import MasterKey, encrypt_provider_key, generate_master_key
-from tests.fakes.upstream import FakeUpstream
+from testkit.upstream import FakeUpstream
 from tests.leaks import add_task_check, no_leaked_tasks, no_leaks  # noqa: F401  # reason: fixtures, registered by importing them here
 from tests.pg import fresh_schema
 

@@ -1,27 +1,22 @@
-"""Shared pieces for the operations tests: config files, keys in a fresh store, a tiny OpenAI-shaped
-upstream whose behaviour is chosen by the model name, and the gateway as an in-process app or as
-a real `python -m proxy serve` subprocess (for signals, logs and exit status).
+"""Shared pieces for the operations tests: config files, keys in a fresh store, the fake upstream
+answering as each request names it, and the gateway as an in-process app or as a real
+`python -m proxy serve` subprocess (testkit.gateway; for signals, logs and exit status).
 
-Upstream model names: `fast` answers at once; `slow-N-MS` streams N content events MS ms apart.
-Upstream base paths: `/ok/v1` serves; `/limited/v1` answers every request with 429 (Retry-After 30).
+Upstream model names (testkit.profiles): `fast` answers at once; `slow-N-MS` streams N content
+events MS ms apart. Upstream base paths: `/ok/v1` serves; `/limited/v1` answers every request with
+429 (Retry-After 30).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import os
 import re
-import signal
 import sqlite3
-import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 import yaml
 from aiohttp import web
 
@@ -29,9 +24,9 @@ from proxy.app import build_app
 from proxy.config import load_config
 from proxy.store import Store
 from proxy.types import Secret
+from testkit.gateway import GatewayProcess
+from testkit.upstream import FakeUpstream, Profiled
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = str(ROOT / ".venv" / "bin" / "python")
 PEPPER = "ops-test-pepper-value-0123456789"
 ADMIN_TOKEN = "ops-admin-token-canary-5f1d2c"
 POOL_KEY = "pool-account-key-canary-77aa31"
@@ -42,59 +37,11 @@ MODELS = ("fast", "slow-3-50", "slow-10-50", "slow-10-100", "slow-20-100", "slow
 
 # --- the fake upstream ------------------------------------------------------------------------
 
-def _chunk(content: str | None, finish: str | None = None) -> bytes:
-    delta = {} if content is None else {"content": content}
-    body = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": "fake",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-    return b"data: " + orjson.dumps(body) + b"\n\n"
-
-
-async def _chat(request: web.Request) -> web.StreamResponse:
-    body = await request.json()
-    if request.match_info["kind"] == "limited":
-        error = {"error": {"message": "Rate limit reached", "type": "rate_limit_error", "param": None,
-                           "code": "rate_limit"}}
-        return web.json_response(error, status=429, headers={"Retry-After": "30"})
-    model = str(body.get("model"))
-    count, delay_ms = (int(x) for x in model.split("-")[1:3]) if model.startswith("slow-") else (2, 0)
-    usage = {"prompt_tokens": 7, "completion_tokens": count, "total_tokens": 7 + count}
-    if not body.get("stream"):
-        message = {"role": "assistant", "content": "word " * count}
-        answer = {"id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": model,
-                  "choices": [{"index": 0, "message": message, "finish_reason": "stop"}], "usage": usage}
-        return web.json_response(answer)
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-    await response.prepare(request)
-    for i in range(count):
-        if i and delay_ms:
-            await asyncio.sleep(delay_ms / 1000)
-        await response.write(_chunk(f"w{i} "))
-    await response.write(_chunk(None, "stop"))
-    if (body.get("stream_options") or {}).get("include_usage"):
-        await response.write(b"data: " + orjson.dumps({"id": "chatcmpl-fake", "choices": [], "usage": usage}) + b"\n\n")
-    await response.write(b"data: [DONE]\n\n")
-    await response.write_eof()
-    return response
-
-
-def fake_upstream_app() -> web.Application:
-    app = web.Application()
-    app.router.add_post("/{kind}/v1/chat/completions", _chat)
-    return app
-
-
 @contextlib.asynccontextmanager
 async def fake_upstream() -> AsyncIterator[str]:
-    """Serve the fake upstream on 127.0.0.1:0; yields its root URL."""
-    runner = web.AppRunner(fake_upstream_app(), handler_cancellation=True)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
+    """The one fake upstream answering as each request names (testkit.profiles); yields its root URL."""
+    async with FakeUpstream("ops", Profiled()) as up:
+        yield up.root
 
 
 # --- config and store -------------------------------------------------------------------------
@@ -197,74 +144,11 @@ async def app_gateway(config_path: Path) -> AsyncIterator[tuple[str, web.Applica
 
 # --- the gateway, as a process ----------------------------------------------------------------
 
-_SERVING = re.compile(r"serving on (http://[\d.]+:\d+)")
-_METRICS = re.compile(r"metrics on (http://[\d.]+:\d+)/metrics")
+def process_gateway(config_path: Path, notify_socket: Path | None = None,
+                    extra_env: dict[str, str] | None = None, workers: int | str | None = None) -> GatewayProcess:
+    """`python -m proxy serve --config …` with this file's secrets in its environment (use `async with`).
 
-
-@dataclass
-class GatewayProcess:
-    proc: asyncio.subprocess.Process
-    lines: list[str] = field(default_factory=list)
-    url: str = ""
-    metrics_url: str = ""
-    _changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    async def _read(self) -> None:
-        assert self.proc.stdout is not None
-        async for raw in self.proc.stdout:
-            line = raw.decode(errors="replace").rstrip("\n")
-            self.lines.append(line)
-            if match := _SERVING.search(line):
-                self.url = match.group(1)
-            if match := _METRICS.search(line):
-                self.metrics_url = match.group(1)
-            self._changed.set()
-        self._changed.set()
-
-    async def wait_for_line(self, pattern: str, timeout: float = 10.0) -> str:
-        regex = re.compile(pattern)
-        async with asyncio.timeout(timeout):
-            while True:
-                for line in self.lines:
-                    if regex.search(line):
-                        return line
-                if self.proc.returncode is not None and self.proc.stdout is not None and self.proc.stdout.at_eof():
-                    raise AssertionError(f"gateway exited without logging {pattern!r}:\n{self.output}")
-                self._changed.clear()
-                await self._changed.wait()
-
-    def signal(self, sig: signal.Signals) -> None:
-        self.proc.send_signal(sig)
-
-    async def wait(self, timeout: float = 20.0) -> int:
-        async with asyncio.timeout(timeout):
-            return await self.proc.wait()
-
-
-@contextlib.asynccontextmanager
-async def process_gateway(config_path: Path, notify_socket: Path | None = None,
-                          extra_env: dict[str, str] | None = None) -> AsyncIterator[GatewayProcess]:
-    """`python -m proxy serve --config …` with stdout+stderr captured; killed if still running at exit."""
-    env = {**os.environ, **ENV, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
-    env.pop("NOTIFY_SOCKET", None)
-    if notify_socket is not None:
-        env["NOTIFY_SOCKET"] = str(notify_socket)
-    proc = await asyncio.create_subprocess_exec(
-        PYTHON, "-m", "proxy", "serve", "--config", str(config_path), cwd=str(ROOT), env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )
-    gateway = GatewayProcess(proc)
-    reader = asyncio.create_task(gateway._read())
-    try:
-        await gateway.wait_for_line(_SERVING.pattern)
-        yield gateway
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        await asyncio.wait_for(reader, 5)
-        sys.stdout.write(gateway.output[-4000:] + "\n")  # shown by pytest only when a test fails
+    Ready once it logs `serving on` (no /readyz probe, so request counts stay the test's own).
+    """
+    return GatewayProcess(config_path, {**ENV, **(extra_env or {})}, workers=workers, notify_socket=notify_socket,
+                          readyz=False)

@@ -10,9 +10,9 @@ import aiohttp
 import pytest
 
 from proxy import appkeys
+from testkit import payloads
+from testkit.upstream import End, Reply, Stream
 from tests.conftest import EMBED_MODEL, MODEL, NOSTREAM_MODEL, Gateway, GatewayFactory
-from tests.fakes import payloads
-from tests.fakes.upstream import End, Reply, Stream
 
 PRICES = {
     "cheap/*": {"input": "1.00", "cached_input": "0.10", "output": "4.00"},

@@ -17,10 +17,11 @@ import yaml
 
 from proxy.store import Store
 from proxy.types import Secret
+from testkit import payloads
+from testkit.gateway import GatewayProcess
+from testkit.upstream import USAGE, FakeUpstream, Reply, Stream
 from tests.conftest import MODEL, resale_key
-from tests.fakes import payloads
-from tests.fakes.hostile import CLOSE, GatewayProcess, process_config
-from tests.fakes.upstream import USAGE, FakeUpstream, Reply, Stream
+from tests.fakes.hostile import CLOSE, process_config
 
 PEPPER = "billing-crash-pepper-0123456789abcdef"
 BILLING = {"enabled": True, "prices": {"cheap/*": {"input": "1.00", "output": "2.00"},
@@ -128,6 +129,6 @@ async def test_sigkill_during_billed_load_leaves_no_hold_and_no_lost_charge(tmp_
         assert "released" in Path(gateways[1].log).read_text() and "Traceback" not in Path(gateways[1].log).read_text()
     finally:
         for g in gateways:
-            g.stop()
+            g.kill()
         await pool.stop()
         await resale.stop()

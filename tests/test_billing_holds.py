@@ -15,9 +15,9 @@ import pytest
 from proxy import appkeys
 from proxy.billing.money import parse_amount
 from proxy.reload import reload_config
+from testkit import payloads
+from testkit.upstream import Reply, Stream
 from tests.conftest import MODEL, Gateway, GatewayFactory
-from tests.fakes import payloads
-from tests.fakes.upstream import Reply, Stream
 
 ADMIN = {"Authorization": "Bearer admin-test-token"}
 # Output at 1.00 per 1M tokens and free input: a hold is exactly max_tokens micro-units.

@@ -23,10 +23,11 @@ from proxy import appkeys
 from proxy.store import Store
 from proxy.store.rows import StoreUnavailable
 from proxy.types import Secret
+from testkit import payloads
+from testkit.gateway import GatewayProcess
+from testkit.upstream import USAGE, FakeUpstream, Reply, Stream
 from tests.conftest import MODEL, Gateway, resale_key
-from tests.fakes import payloads
-from tests.fakes.hostile import CLOSE, GatewayProcess, metric, process_config, scrape, sse_events, until
-from tests.fakes.upstream import USAGE, FakeUpstream, Reply, Stream
+from tests.fakes.hostile import CLOSE, metric, process_config, scrape, sse_events, until
 
 PEPPER = "crash-test-pepper-0123456789abcdef"
 POOL_KEY = "sk-crash-pool-canary-4e5f60"
@@ -79,7 +80,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         yield rig
     finally:
         for gateway in rig.gateways:
-            gateway.stop()
+            gateway.kill()
         await pool.stop()
         await resale.stop()
 
@@ -172,7 +173,7 @@ async def test_sigterm_with_50_streams_in_flight_drains_and_exits_0(rig: Rig) ->
     assert [rows[o.request_id][0] for o in finished] == ["ok"] * 25
     assert [rows[o.request_id][0] for o in cut] == ["interrupted"] * 25
     assert "in_flight" not in {outcome for outcome, _ in rows.values()}
-    log = gateway.output()
+    log = gateway.output
     assert "Traceback" not in log and POOL_KEY not in log and rig.key not in log
 
 

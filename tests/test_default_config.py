@@ -13,7 +13,8 @@ import openai
 
 from proxy.billing.money import parse_amount
 from proxy.workspaces.crypto import generate_master_key
-from tests.fakes.hostile import ROOT, GatewayProcess
+from testkit.gateway import GatewayProcess
+from tests.fakes.hostile import ROOT
 
 
 def _cli(config: Path, env: dict[str, str], *args: str, stdin: str | None = None) -> str:
@@ -71,7 +72,7 @@ async def test_default_config_serves_every_lane_offline(tmp_path: Path) -> None:
             assert len(vectors.data) == 2 and len(vectors.data[0].embedding) == 8
             await _the_rest_of_the_stateless_api(client)
     finally:
-        gateway.stop()
+        gateway.kill()
     assert (tmp_path / "var" / "okm.sqlite3").exists()  # relative paths resolve against the config's folder
     balance = json.loads(_cli(config, env, "billing", "balance", "demo", "--json"))
     assert balance["credits"] == "10.000000" and 0 < balance["charges_micros"] < 10_000_000

@@ -12,9 +12,9 @@ import openai
 import orjson
 import pytest
 
+from testkit import payloads
+from testkit.upstream import Reply, Stream
 from tests.conftest import MODEL, NOSTREAM_MODEL, Gateway
-from tests.fakes import payloads
-from tests.fakes.upstream import Reply, Stream
 
 LOGIN_SCHEMA = {"type": "object", "properties": {"api_key": {"type": "string"}, "base_url": {"type": "string"}},
                 "required": ["api_key"]}

@@ -13,10 +13,10 @@ import orjson
 import pytest
 from aiohttp_sse_client import client as sse_client
 
+from testkit import payloads
+from testkit.payloads import PIECES, TEXT, blocks, data_of, sse
+from testkit.upstream import End, Reply, Stream
 from tests.conftest import EMBED_MODEL, MODEL, Gateway
-from tests.fakes import payloads
-from tests.fakes.payloads import PIECES, TEXT, blocks, data_of, sse
-from tests.fakes.upstream import End, Reply, Stream
 
 CHAT = [{"role": "user", "content": "hi"}]
 

@@ -13,10 +13,10 @@ import openai
 import orjson
 import pytest
 
+from testkit import payloads
+from testkit.payloads import TEXT, blocks, data_of, sse
+from testkit.upstream import End, Reply, Stream
 from tests.conftest import MODEL, Gateway
-from tests.fakes import payloads
-from tests.fakes.payloads import TEXT, blocks, data_of, sse
-from tests.fakes.upstream import End, Reply, Stream
 
 CHAT = [{"role": "user", "content": "hi"}]
 UPSTREAM_ERROR = {"error": {"message": "The server had an error while processing your request.",

@@ -16,9 +16,9 @@ import orjson
 import pytest
 
 from proxy import appkeys
+from testkit import payloads
+from testkit.upstream import End, FakeUpstream, Received, Reply, Stream
 from tests.conftest import MODEL, Gateway, pool_key, resale_key
-from tests.fakes import payloads
-from tests.fakes.upstream import End, FakeUpstream, Received, Reply, Stream
 
 LANES = ["cheap", "resale", "byok/openai"]
 BYOK_KEY = "sk-byok-ws-openai-0000"

@@ -10,10 +10,10 @@ from typing import Any
 import orjson
 import pytest
 
+from testkit import payloads
+from testkit.payloads import blocks, data_of, sse
+from testkit.upstream import End, Reply, Stream, split
 from tests.conftest import MODEL, Gateway
-from tests.fakes import payloads
-from tests.fakes.payloads import blocks, data_of, sse
-from tests.fakes.upstream import End, Reply, Stream, split
 
 CHAT = [{"role": "user", "content": "hi"}]
 PIECES = ("hé", "llo ✓", " wörld 🙂")

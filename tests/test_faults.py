@@ -18,12 +18,14 @@ import orjson
 import pytest
 
 from proxy import appkeys
+from testkit import payloads
+from testkit.gateway import GatewayProcess
+from testkit.payloads import blocks, data_of, openai_error, sse
+from testkit.upstream import USAGE, Auto, Behaviour, End, FakeUpstream, Reply, Reset, Stream, split
 from tests.conftest import MODEL, Answer, Gateway, pool_key, resale_key
-from tests.fakes import payloads
 from tests.fakes.hostile import (
     CLOSE,
     Flood,
-    GatewayProcess,
     assert_settled,
     big_chat_event,
     close_after_answer,
@@ -34,8 +36,6 @@ from tests.fakes.hostile import (
     tasks_now,
     until,
 )
-from tests.fakes.payloads import blocks, data_of, openai_error, sse
-from tests.fakes.upstream import USAGE, Auto, Behaviour, End, FakeUpstream, Reply, Reset, Stream, split
 
 CHAT = [{"role": "user", "content": "hi"}]
 LANES = ("cheap", "resale", "byok")
@@ -440,7 +440,7 @@ async def test_slowloris_connections_are_closed_at_the_header_timeout(tmp_path: 
         closed_after = await asyncio.gather(*slow)
         assert all(t is not None and 0.8 < t < 2.5 for t in closed_after), closed_after
     finally:
-        gateway.stop()
+        gateway.kill()
         await fake.stop()
 
 

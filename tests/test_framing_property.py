@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 
 from fuzz import checks
 from proxy import appkeys
+from testkit import payloads
+from testkit.upstream import Stream, split
 from tests.conftest import MODEL, Gateway
-from tests.fakes import payloads
 from tests.fakes.hostile import ROOT
-from tests.fakes.upstream import Stream, split
 
 CHAT = [{"role": "user", "content": "hi"}]
 EOLS = ("\n", "\r", "\r\n")

@@ -17,10 +17,10 @@ import pytest
 from proxy import appkeys
 from proxy.store import keys
 from proxy.types import Secret
+from testkit import payloads
+from testkit.upstream import End, Reply, Stream
 from tests.conftest import MODEL, PEPPER, Answer, Gateway, pool_key, resale_key
-from tests.fakes import payloads
 from tests.fakes.hostile import CLOSE, metric, scrape
-from tests.fakes.upstream import End, Reply, Stream
 
 BYOK = {
     "alpha": {"openai": "sk-canary-byok-alpha-openai-7f3a9c", "acme": "acme-canary-alpha-91d2e0"},

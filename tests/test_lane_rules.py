@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from testkit import payloads
+from testkit.payloads import TEXT
+from testkit.upstream import End, Reply, Reset, Stream
 from tests.conftest import MODEL, NOSTREAM_MODEL, Gateway, pool_key, resale_key
-from tests.fakes import payloads
-from tests.fakes.payloads import TEXT
-from tests.fakes.upstream import End, Reply, Reset, Stream
 
 CHAT = [{"role": "user", "content": "hi"}]
 HOSTILE_HEADERS = {

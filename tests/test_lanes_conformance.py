@@ -10,10 +10,10 @@ from typing import Any
 import openai
 import pytest
 
+from testkit import payloads
+from testkit.payloads import TEXT
+from testkit.upstream import End, FakeUpstream, Reply, Stream
 from tests.conftest import DEFAULT_WORKSPACES, EMBED_MODEL, MODEL, Gateway, pool_key, resale_key
-from tests.fakes import payloads
-from tests.fakes.payloads import TEXT
-from tests.fakes.upstream import End, FakeUpstream, Reply, Stream
 
 CHAT = [{"role": "user", "content": "hi"}]
 ERROR = payloads.openai_error("Invalid value for 'temperature': must be <= 2.", param="temperature",

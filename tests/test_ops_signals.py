@@ -5,7 +5,6 @@ and a stream still running at the drain deadline ends with an in-band error."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 import time
@@ -18,9 +17,6 @@ import pytest
 from proxy.relay.drain import Drain, DrainDeadline
 from proxy.types import Phase
 from tests.ops_support import (
-    ENV,
-    PYTHON,
-    ROOT,
     bearer,
     chat,
     config_data,
@@ -176,13 +172,9 @@ async def test_a_failed_start_exits_1_with_the_reason(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         config = write_config(tmp_path, config_data("http://127.0.0.1:9", listen={"host": "127.0.0.1", "port": port}))
-        proc = await asyncio.create_subprocess_exec(
-            PYTHON, "-m", "proxy", "serve", "--config", str(config), cwd=str(ROOT), env={**os.environ, **ENV},
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        )
-        output, _ = await asyncio.wait_for(proc.communicate(), 20)
-    assert proc.returncode == 1
-    assert b"cannot start:" in output and b"Traceback" not in output
+        gw = process_gateway(config)
+        assert await gw.run_to_exit(20) == 1
+    assert "cannot start:" in gw.output and "Traceback" not in gw.output
 
 
 async def test_drain_cuts_every_watched_stream_and_any_that_starts_later() -> None:

@@ -19,8 +19,6 @@ import pytest
 
 from tests.ops_support import (
     ENV,
-    PYTHON,
-    ROOT,
     bearer,
     chat,
     config_data,
@@ -133,13 +131,9 @@ async def test_serve_workers_flag_overrides_the_config_and_bad_values_are_refuse
     async with fake_upstream() as up:
         config = write_config(tmp_path, config_data(up, workers=1))
         for bad in ("0", "many"):
-            proc = await asyncio.create_subprocess_exec(
-                PYTHON, "-m", "proxy", "serve", "--config", str(config), "--workers", bad, cwd=str(ROOT),
-                env={**os.environ, **ENV}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            )
-            output, _ = await asyncio.wait_for(proc.communicate(), 20)
-            assert proc.returncode == 1
-            assert b"--workers: must be 'auto' or a whole number from 1 to" in output
+            gw = process_gateway(config, workers=bad)
+            assert await gw.run_to_exit(20) == 1
+            assert "--workers: must be 'auto' or a whole number from 1 to" in gw.output
 
 
 @pytest.mark.parametrize("value", ["auto", 3])

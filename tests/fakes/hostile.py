@@ -1,17 +1,13 @@
-"""Hostile behaviours composed on top of `tests.fakes.upstream` (which stays untouched), hostile
-clients, a gateway run as its own process, and the leak checks every robustness case ends with.
+"""Hostile behaviours composed on top of `testkit.upstream` (which stays untouched), hostile
+clients, the config of a gateway run as its own process (testkit.gateway runs it), and the leak
+checks every robustness case ends with.
 
-It never imports the gateway package: it speaks HTTP, reads /proc and runs `python -m proxy`.
+It never imports the gateway package: it speaks HTTP and writes config files.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -23,8 +19,8 @@ import orjson
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.fakes import payloads
-from tests.fakes.upstream import Auto, FakeUpstream
+from testkit import payloads
+from testkit.upstream import Auto, FakeUpstream
 
 ROOT = Path(__file__).resolve().parents[2]
 CLOSE = {"Connection": "close"}  # answers that close their connection: a connection still open is a leak
@@ -218,75 +214,6 @@ def process_config(tmp: Path, *, pool: Mapping[str, str], resale: Mapping[str, s
     path = tmp / "gateway.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path
-
-
-@dataclass
-class GatewayProcess:
-    """`python -m proxy serve --config …` started in its own session, stopped by its PID only."""
-
-    config: Path
-    env: dict[str, str]
-    log: Path
-    proc: subprocess.Popen[bytes] | None = None
-    url: str = ""
-
-    async def start(self, within_s: float = 20.0) -> GatewayProcess:
-        out = self.log.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "serve", "--config", str(self.config)], cwd=ROOT,
-            env={**os.environ, **self.env}, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        out.close()
-        deadline = time.monotonic() + within_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"gateway exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
-            port = self._port()
-            if port is not None and await self._ready(port):
-                self.url = f"http://127.0.0.1:{port}"
-                return self
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"gateway not ready within {within_s}s:\n{self.output()[-3000:]}")
-
-    def _port(self) -> int | None:
-        found = re.findall(r"serving on http://[^:\s]+:(\d+)", self.output())
-        return int(found[-1]) if found else None
-
-    @staticmethod
-    async def _ready(port: int) -> bool:
-        try:
-            async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/readyz", headers=CLOSE) as r:
-                return r.status == 200
-        except aiohttp.ClientError:
-            return False
-
-    def output(self) -> str:
-        return self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def signal(self, sig: signal.Signals) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, sig)
-
-    async def wait(self, within_s: float) -> int:
-        assert self.proc is not None
-        deadline = time.monotonic() + within_s
-        while self.proc.poll() is None:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"gateway still running after {within_s}s")
-            await asyncio.sleep(0.05)
-        return self.proc.returncode
-
-    def stop(self) -> None:
-        """SIGKILL this process if it still runs (teardown)."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
 
 
 def sse_events(raw: bytes) -> list[dict[str, Any]]:

@@ -1,7 +1,9 @@
-"""OpenAI-shaped answers and SSE event bytes for the fake upstream: pure builders, no I/O.
+"""OpenAI-shaped answers and SSE event bytes: the one place the fakes' wire format is built.
 
-Shapes follow the real OpenAI API closely enough for the official SDK to parse them; they never
-import the gateway, so a test comparing the two checks the gateway against an independent source.
+Pure builders, no I/O. The scriptable fake upstream (testkit.upstream), its request-chosen profiles
+(testkit.profiles) and the benchmark's raw transport all build their bytes here. Shapes follow the
+real OpenAI API closely enough for the official SDK to parse them; they never import the gateway,
+so a test comparing the two checks the gateway against an independent source.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ COMPLETION_TOKENS = len(PIECES)
 EMBEDDING_DIMS = 4
 
 JSON = dict[str, Any]
+CHAT_ID = "chatcmpl-fake1"
+FINGERPRINT = "fp_fake"
 
 
-def chat_usage() -> JSON:
-    return {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS,
-            "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS}
+def chat_usage(prompt: int = PROMPT_TOKENS, completion: int = COMPLETION_TOKENS) -> JSON:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 def responses_usage() -> JSON:
@@ -55,33 +58,37 @@ def done(eol: str = "\n") -> bytes:
 # --- chat completions and legacy completions ------------------------------------------------------
 
 
-def chat_completion(model: str, text: str = TEXT) -> JSON:
+def chat_completion(model: str, text: str = TEXT, *, usage: JSON | None = None, ident: str = CHAT_ID,
+                    fingerprint: str = FINGERPRINT) -> JSON:
     return {
-        "id": "chatcmpl-fake1", "object": "chat.completion", "created": CREATED, "model": model,
-        "system_fingerprint": "fp_fake",
+        "id": ident, "object": "chat.completion", "created": CREATED, "model": model,
+        "system_fingerprint": fingerprint,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
                      "logprobs": None, "finish_reason": "stop"}],
-        "usage": chat_usage(),
+        "usage": usage if usage is not None else chat_usage(),
     }
 
 
-def chat_chunk(model: str, delta: JSON, finish: str | None = None) -> JSON:
-    return {"id": "chatcmpl-fake1", "object": "chat.completion.chunk", "created": CREATED, "model": model,
-            "system_fingerprint": "fp_fake",
+def chat_chunk(model: str, delta: JSON, finish: str | None = None, *, ident: str = CHAT_ID,
+               fingerprint: str = FINGERPRINT) -> JSON:
+    return {"id": ident, "object": "chat.completion.chunk", "created": CREATED, "model": model,
+            "system_fingerprint": fingerprint,
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
 
 
-def chat_usage_chunk(model: str) -> JSON:
-    return {"id": "chatcmpl-fake1", "object": "chat.completion.chunk", "created": CREATED, "model": model,
-            "system_fingerprint": "fp_fake", "choices": [], "usage": chat_usage()}
+def chat_usage_chunk(model: str, *, usage: JSON | None = None, ident: str = CHAT_ID,
+                     fingerprint: str = FINGERPRINT) -> JSON:
+    return {"id": ident, "object": "chat.completion.chunk", "created": CREATED, "model": model,
+            "system_fingerprint": fingerprint, "choices": [], "usage": usage if usage is not None else chat_usage()}
 
 
-def chat_events(model: str, pieces: tuple[str, ...] = PIECES, eol: str = "\n") -> list[bytes]:
-    """Content chunks and the finish chunk; the caller adds the usage chunk and [DONE]."""
-    events = [sse(chat_chunk(model, {"role": "assistant", "content": ""}), eol=eol)]
-    events += [sse(chat_chunk(model, {"content": p}), eol=eol) for p in pieces]
-    events.append(sse(chat_chunk(model, {}, "stop"), eol=eol))
-    return events
+def chat_events(model: str, pieces: tuple[str, ...] = PIECES, eol: str = "\n", *, ident: str = CHAT_ID,
+                fingerprint: str = FINGERPRINT) -> list[bytes]:
+    """The role chunk, content chunks and the finish chunk; the caller adds the usage chunk and [DONE]."""
+    def chunk(delta: JSON, finish: str | None = None) -> bytes:
+        return sse(chat_chunk(model, delta, finish, ident=ident, fingerprint=fingerprint), eol=eol)
+
+    return [chunk({"role": "assistant", "content": ""}), *(chunk({"content": p}) for p in pieces), chunk({}, "stop")]
 
 
 def completion(model: str, text: str = TEXT) -> JSON:

@@ -1,13 +1,21 @@
-"""A scriptable OpenAI-compatible upstream: a real aiohttp server on 127.0.0.1, port 0, driven per test.
+"""The one fake OpenAI-compatible upstream: a real aiohttp server on 127.0.0.1, port 0, driven per test.
 
 It records every request, counts the connections still open, and answers each request with the
-next scripted behaviour (or its default). It never imports the gateway: it only speaks HTTP.
+next scripted behaviour (or its default): `Auto` (what OpenAI would answer), `Profiled` (the answer
+the request names, testkit.profiles), `Reply`, `Stream` or `Reset`. It never imports the gateway:
+it only speaks HTTP, with bytes built by testkit.payloads.
+
+`python -m testkit.upstream` serves the `Profiled` answers as a process that prints `LISTENING <port>`:
+over a raw asyncio transport (testkit.raw_upstream, the benchmark's: no framework cost inside the
+fake), or with `--aiohttp` through this class.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import itertools
+import os
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -19,7 +27,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from tests.fakes import payloads
+from testkit import payloads, profiles, raw_upstream
 
 HANG_S = 60.0  # "forever" for a test; the server's shutdown cancels it
 _ABORTED = web.RequestKey("fake_aborted", bool)  # this handler aborted its own connection
@@ -80,7 +88,12 @@ class Auto:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
-Behaviour = Reply | Stream | Reset | Auto
+@dataclass(frozen=True, slots=True)
+class Profiled:
+    """The answer the request names by its path or model (testkit.profiles)."""
+
+
+Behaviour = Reply | Stream | Reset | Auto | Profiled
 
 
 def split(data: bytes, *offsets: int, gap_s: float = 0.0) -> tuple[Piece, ...]:
@@ -118,20 +131,31 @@ class Received:
 class FakeUpstream:
     """Start with `await start()`; script with `script(...)` or set `default`; read `requests`."""
 
-    def __init__(self, name: str = "upstream") -> None:
+    def __init__(self, name: str = "upstream", default: Behaviour | None = None) -> None:
         self.name = name
-        self.default: Behaviour = Auto()
+        self.default: Behaviour = default if default is not None else Auto()
         self.requests: list[Received] = []
         self.cancelled = 0  # handlers cut short because the gateway closed the connection
         self._queue: deque[Behaviour] = deque()
-        self._transports: set[asyncio.BaseTransport] = set()
+        self._transports: set[asyncio.Transport] = set()
         self._runner: web.AppRunner | None = None
         self.port = 0
 
     @property
     def url(self) -> str:
         """The base URL a gateway config points at."""
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"{self.root}/v1"
+
+    @property
+    def root(self) -> str:
+        """http://127.0.0.1:PORT, for base URLs with a profile path (`{root}/limited/v1`)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> FakeUpstream:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
 
     async def start(self) -> FakeUpstream:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -197,7 +221,9 @@ class FakeUpstream:
             raise
 
     async def _serve(self, request: web.Request, behaviour: Behaviour, body: dict[str, Any]) -> web.StreamResponse:
-        if isinstance(behaviour, Auto):
+        if isinstance(behaviour, Profiled):
+            behaviour = _from_profile(profiles.by_request(request.path, body))
+        elif isinstance(behaviour, Auto):
             if "stream_options" in body and body.get("stream") is not True:  # as OpenAI refuses it
                 message = "The 'stream_options' parameter is only allowed when 'stream' is enabled."
                 behaviour = Reply(400, payloads.openai_error(message, param="stream_options"))
@@ -248,3 +274,38 @@ class FakeUpstream:
         request.transport.abort()
         await asyncio.sleep(HANG_S)  # cancelled at once: the server cancels handlers of lost connections
         raise AssertionError("unreachable: the aborted connection's handler was not cancelled")
+
+
+def _from_profile(answer: profiles.Answer) -> Reply | Stream:
+    (_, content_type), *rest = answer.headers
+    headers = dict(rest)
+    if answer.events is None:
+        return Reply(answer.status, answer.body, headers, content_type)
+    return Stream((*paced(list(answer.events), answer.gap_s), *answer.tail), status=answer.status, headers=headers, content_type=content_type)
+
+
+async def _main(port: int, framework: bool) -> None:
+    if framework:
+        fake = FakeUpstream("upstream", Profiled())
+        fake.port = port
+        async with fake:
+            print(f"LISTENING {fake.port}", flush=True)
+            await asyncio.Event().wait()
+    server = await raw_upstream.serve(port)
+    print(f"LISTENING {server.sockets[0].getsockname()[1]}", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="The fake upstream's request-chosen answers (testkit.profiles).")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--core", type=int, default=None, help="pin this process to one CPU core")
+    parser.add_argument("--aiohttp", action="store_true", help="serve through FakeUpstream instead of raw asyncio")
+    args = parser.parse_args()
+    if args.core is not None:
+        os.sched_setaffinity(0, {args.core})
+    try:
+        asyncio.run(_main(args.port, args.aiohttp))
+    except KeyboardInterrupt:
+        pass
