@@ -15,6 +15,7 @@ from proxy.admin.cli import Command
 from proxy.config import load_config, parse_workers
 from proxy.console import cli as console_cli
 from proxy.errors import ConfigError
+from proxy.host_limits import host_total
 
 DEFAULT_CONFIG = "config/gateway.yaml"
 
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             + (f"; billing on, {len(config.billing.entries())} prices in {config.billing.currency})"
                if config.billing.enabled else "; billing off)")
         )
+        if (total := host_total(config)) is not None:
+            print(total)
         return 0
     command: Command = args.func
     return asyncio.run(command(args, config))

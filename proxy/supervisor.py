@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from proxy.config import Config, load_config
 from proxy.errors import ConfigError
+from proxy.host_limits import host_total
 from proxy.lanes.secret_guard import operator_secrets
 from proxy.supervisor_env import RELOAD_ANSWER, WORKER_ENV
 from proxy.telemetry.notify import notify
@@ -105,6 +107,7 @@ class _Supervisor:
         loop.add_signal_handler(signal.SIGINT, self._on_stop, stop)
         loop.add_signal_handler(signal.SIGHUP, reload.set)
         log.info("supervisor: %d workers on http://%s:%d", len(self.state.workers), self.config.listen.host, self.port)
+        self._log_host_total()
         try:
             for worker in self.state.workers:
                 await self._spawn(worker)
@@ -161,6 +164,7 @@ class _Supervisor:
                 asked[worker.index] = worker.proc.pid
         if await self._reload_answers(asked):
             self.config = new
+            self._log_host_total()
         self._notify("READY=1")
 
     async def _reload_answers(self, asked: dict[int, int]) -> bool:
@@ -189,6 +193,11 @@ class _Supervisor:
                             w.index, asked[w.index], RELOAD_WAIT_S)
         log.info("reload confirmed by %d of %d workers", len(ok), len(workers))
         return not any(w.reload_answer == "refused" for w in workers if not gone(w))
+
+    def _log_host_total(self) -> None:
+        total = host_total(dataclasses.replace(self.config, workers=len(self.state.workers)))
+        if total is not None:
+            log.info("%s", total)
 
     def _on_stop(self, stop: asyncio.Event) -> None:
         again = self.state.stopping

@@ -65,6 +65,7 @@ async def test_reload_is_ready_only_once_every_worker_serves_the_new_config(tmp_
             key = (await make_keys(tmp_path / "okm.sqlite3", "acme"))["acme"]
             async with process_gateway(config, notify_socket=tmp_path / "notify.sock") as gw:
                 assert await _message(listener) == b"READY=1"
+                assert "limits apply per worker: 2 workers × limits.max_concurrent_requests 2000 = up to 4000" in gw.output
                 assert set(await _statuses(gw.url, key, "resale/extra", 6)) == {404}
 
                 start = len(gw.lines)

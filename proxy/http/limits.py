@@ -11,7 +11,6 @@ its workspace's slot and a refused, slow or malformed request costs its own work
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from aiohttp import web
 from proxy import appkeys
 from proxy.config import RateLimits
 from proxy.errors import OverloadedError, WorkspaceLimitedError
+from proxy.host_limits import workspace_cap
 from proxy.types import Principal, ShedReason
 from proxy.workspaces.auth import WorkspaceLimits
 
@@ -57,11 +57,6 @@ class Ticket:
     stream: bool
     active: bool = False  # holds one of the workspace's in-flight slots
     lease: str | None = None  # its stream slot among all workers and hosts (SharedLimits)
-
-
-def workspace_cap(max_concurrent: int, share: float) -> int:
-    """How many requests one workspace may have in flight: its share of the global cap."""
-    return max(1, math.ceil(max_concurrent * min(share, 1.0)))
 
 
 class Limiter:
