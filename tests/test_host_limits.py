@@ -10,7 +10,8 @@ from pathlib import Path
 
 from proxy.config import Limits, load_config
 from proxy.host_limits import host_total, workspace_cap
-from tests.ops_support import ENV, ROOT, config_data, write_config
+from testkit.gateway import ROOT
+from tests.ops_support import ENV, config_data, write_config
 
 
 def test_the_host_total_is_workers_times_each_workers_caps(tmp_path: Path) -> None:
