@@ -210,3 +210,4 @@ class RequestRecord:
     price: Price | None = None  # billing on: the price this request is charged at
     hold_micros: int = 0  # the billing hold taken before the upstream call (0: none)
     cost_micros: int = 0  # set when the request ends
+    settled: tuple[object, ...] | None = None  # what a stream's final row committed before its terminal event said

@@ -467,3 +467,53 @@ def test_relay_fast_path_matches_event_path(chunks, mask):
     assert out_fast == out_slow
     for field in ("data_events", "terminal", "malformed", "usage", "error"):
         assert getattr(fast, field) == getattr(slow, field), field
+
+
+def _terminal_split(relay: StreamRelay, chunks: list[bytes]) -> tuple[bytes, bytes]:
+    """(everything forwarded before the terminal event, the terminal event onwards), as feed() marks it."""
+    before, after, seen = b"", b"", False
+    for chunk in chunks:
+        out = relay.feed(chunk)
+        if relay.terminal_at >= 0:
+            assert not seen, "the terminal event is marked once"
+            seen = True
+            before, after = before + out[:relay.terminal_at], out[relay.terminal_at:]
+        elif seen:
+            after += out
+        else:
+            before += out
+    assert seen
+    return before, after
+
+
+_USAGE_CHUNK = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}\n\n'
+
+
+@pytest.mark.parametrize("chunks", [
+    [_PLAIN, b"data: [DONE]\n\n"],
+    [_PLAIN + b"data: [DONE]\n\n"],
+    [_PLAIN * 2 + _USAGE_CHUNK + b"data: [DONE]\n\n"],  # usage (event path) and [DONE] in one chunk
+    [_PLAIN, _USAGE_CHUNK[:20], _USAGE_CHUNK[20:] + b"data: [DO", b"NE]\n\n"],
+    [_PLAIN.replace(b"\n", b"\r\n") + b"data: [DONE]\r\n\r\n"],
+])
+@pytest.mark.parametrize("fast", [True, False])
+def test_relay_marks_where_the_terminal_event_starts(chunks: list[bytes], fast: bool) -> None:
+    """The writer commits the charge between the two parts: they must be the stream's own bytes, split
+    exactly before the terminal event, on the fast path and the event path alike."""
+    relay = StreamRelay(1 << 20, responses=False, hide_usage_chunk=True)
+    if not fast:
+        relay._plain_prefix = lambda chunk: 0  # type: ignore[method-assign]  # reason: force the event path
+    before, after = _terminal_split(relay, chunks)
+    assert after.replace(b"\r", b"") == b"data: [DONE]\n\n"
+    assert before + after == b"".join(chunks).replace(_USAGE_CHUNK, b"")  # the hidden usage chunk only is dropped
+    assert relay.usage is None or relay.usage["prompt_tokens"] == 3  # usage is known before the end goes out
+
+
+def test_relay_marks_a_responses_terminal_event() -> None:
+    delta = b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","delta":"hi"}\n\n'
+    done = (b'event: response.completed\ndata: {"type":"response.completed","response":'
+            b'{"usage":{"input_tokens":3,"output_tokens":1}}}\n\n')
+    relay = StreamRelay(1 << 20, responses=True, hide_usage_chunk=False)
+    before, after = _terminal_split(relay, [delta, delta + done[:30], done[30:]])
+    assert (before, after) == (delta * 2, done)
+    assert relay.usage is not None and relay.usage["input_tokens"] == 3

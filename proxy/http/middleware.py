@@ -27,6 +27,7 @@ from proxy.types import Endpoint, Phase, RequestRecord
 log = logging.getLogger("okm.middleware")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID_HEADER = "X-Request-Id"
+SETTLE_WAIT_S = 2.0  # how long a stream's terminal event waits for its final row's commit
 
 
 def error_response(exc: errors.ProxyError, request_id: str) -> web.Response:
@@ -110,6 +111,31 @@ def _count_auth_failure(request: web.Request, exc: errors.ProxyError) -> None:
         request.app[appkeys.METRICS].auth_failures.labels(reason).inc()
 
 
+async def settle(app: web.Application, record: RequestRecord) -> None:
+    """A stream's final usage row (its charge and hold release, one transaction) committed before
+    its terminal event is written, so a delivered stream is charged even if the process dies the
+    moment after. Bounded: a store that does not commit within SETTLE_WAIT_S (PostgreSQL out of
+    reach, SQLite locked) does not hold the stream; its end goes out and the queued row is written
+    when the store allows. `_finish` writes the row again only if something changed since."""
+    if record.principal is None:
+        return
+    record.duration_s = time.monotonic() - record.t0
+    if record.price is not None:
+        record.cost_micros = request_cost(record)
+    committed = app[appkeys.USAGE].finish(record, wait=True)
+    assert committed is not None  # reason: wait=True always returns the future
+    done, _ = await asyncio.wait((committed,), timeout=SETTLE_WAIT_S)
+    if done and committed.result():
+        record.settled = _settled(record)
+    else:
+        log.warning("usage row of %s not committed before its stream's end; it is written when the store allows",
+                    record.request_id)
+
+
+def _settled(record: RequestRecord) -> tuple[object, ...]:
+    return record.outcome, record.status, record.cost_micros, record.usage, record.hold_micros
+
+
 def _finish(request: web.Request, record: RequestRecord) -> asyncio.Future[bool] | None:
     """Record the request once, whatever happened: cost, metrics, usage row (which releases its
     billing hold), access log. For a held request, returns the future of the row's commit."""
@@ -121,7 +147,7 @@ def _finish(request: web.Request, record: RequestRecord) -> asyncio.Future[bool]
     app = request.app
     app[appkeys.METRICS].observe_request(record)
     committed = None
-    if record.principal is not None:
+    if record.principal is not None and (record.settled is None or record.settled != _settled(record)):
         committed = app[appkeys.USAGE].finish(record, wait=record.hold_micros > 0)
     if app[appkeys.STATE].runtime.config.log.access_log:
         app[appkeys.ACCESS_LOG].write(access_line(record))

@@ -7,6 +7,7 @@ after that, failures are in-band events. The middleware owns the request record'
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import Any
 
@@ -16,6 +17,7 @@ from proxy import appkeys, errors
 from proxy.billing.holds import take_hold
 from proxy.http.client_request import read_client_request, upstream_request
 from proxy.http.limits import Ticket, admit_stream, release_shared, shared_request, shared_stream, workspace_admission
+from proxy.http.middleware import settle
 from proxy.lanes import scrub
 from proxy.lanes.lane import SealedLane
 from proxy.lanes.routing import resolve_route
@@ -144,7 +146,7 @@ async def answer_client(request: web.Request, answer: Answer, spec: AttemptSpec,
     headers = scrub.client_response_headers(answer.headers, strict=answer.target.scrub,
                                             own_account=answer.target.byok_provider is not None)
     if answer.relay is not None:
-        return await stream_answer(request, answer, headers, record, prompt_bytes)
+        return await stream_answer(request, answer, headers, record, prompt_bytes, functools.partial(settle, request.app))
     if answer.raw:
         return await relay_bytes(request, answer, headers, record)
     assert answer.body is not None
@@ -155,7 +157,7 @@ async def answer_client(request: web.Request, answer: Answer, spec: AttemptSpec,
         except (ValueError, TypeError, KeyError, AttributeError) as exc:  # any odd shape is the upstream's, not a 500
             raise errors.UpstreamError("the upstream's Responses answer is not a valid response object") from exc
         record.usage = _metered(parsed or {}, spec.endpoint, prompt_bytes)
-        return await synthesized_stream(request, events, headers, record)
+        return await synthesized_stream(request, events, headers, record, functools.partial(settle, request.app))
     record.usage = _metered(parsed, spec.endpoint, prompt_bytes)
     record.status = answer.status
     record.ttfb_s = time.monotonic() - record.t0

@@ -48,6 +48,7 @@ class Answer:
     reply: Reply | None = None  # streams: the open reply ...
     chunks: AsyncIterator[bytes] | None = None  # ... its chunk iterator, already advanced
     first: bytes = b""  # ... and the events read before committing
+    first_terminal_at: int = -1  # where the terminal event starts in `first`, if it is already there
     relay: StreamRelay | None = None
     raw: bool = False  # a non-JSON answer (audio, text transcripts): `reply` is relayed byte for byte
 
@@ -154,7 +155,11 @@ async def _first_events(reply: Reply, target: UpstreamTarget, spec: AttemptSpec,
         raise AttemptFailed(AttemptResult.SERVER_ERROR, errors.UpstreamError("upstream stream event is too large")) from exc
     if relay.error is not None and relay.data_events == 1:
         raise AttemptFailed(AttemptResult.SERVER_ERROR, _status_error(502, _inband_error_body(relay.error), spec, None))
-    return Answer(target, reply.status, reply.headers, reply=reply, chunks=chunks, first=b"".join(first), relay=relay)
+    joined = b"".join(first)
+    # The loop ends with the feed that completed the first event: a terminal event can only be in that one.
+    terminal_at = len(joined) - len(first[-1]) + relay.terminal_at if relay.terminal_at >= 0 else -1
+    return Answer(target, reply.status, reply.headers, reply=reply, chunks=chunks, first=joined, relay=relay,
+                  first_terminal_at=terminal_at)
 
 
 def _inband_error_body(payload: dict[str, Any]) -> dict[str, Any]:

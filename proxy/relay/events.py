@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -43,6 +43,7 @@ class StreamRelay:
         self.data_bytes = 0  # bytes read from the upstream, for the estimate when no usage comes
         self.first_event_bytes = 0  # size of the first event: the envelope every event carries
         self.terminal = False
+        self.terminal_at = -1  # where the terminal event starts in the bytes the last feed() returned, if there
         self.error: dict[str, Any] | None = None  # an upstream in-band error event, if one came
         self.data_events = 0
 
@@ -51,7 +52,10 @@ class StreamRelay:
 
         On an over-size event, raises EventTooLarge with `.forward` set to the bytes of the
         complete events that preceded it in this chunk (they are still owed to the client).
+        When this chunk completes the terminal event, `terminal_at` is its offset in the result
+        (the writer commits the request's charge before sending it); else -1.
         """
+        self.terminal_at = -1
         self.data_bytes += len(chunk)
         if not self.first_event_bytes:
             self.first_event_bytes = chunk.find(b"\n\n") + 2 if b"\n\n" in chunk else 0
@@ -62,16 +66,16 @@ class StreamRelay:
             if cut == len(chunk):
                 return chunk
             if cut:
-                return chunk[:cut] + self._decode(chunk[cut:])
+                return chunk[:cut] + self._decode(chunk[cut:], cut)
         return self._decode(chunk)
 
-    def _decode(self, chunk: bytes) -> bytes:
+    def _decode(self, chunk: bytes, base: int = 0) -> bytes:
         try:
             events = self.decoder.feed(chunk)
         except sse.EventTooLarge as exc:
-            exc.forward = self._select(exc.events)
+            exc.forward = self._select(exc.events, base)
             raise
-        return self._select(events) if events else b""
+        return self._select(events, base) if events else b""
 
     def _plain_prefix(self, chunk: bytes) -> int:
         """Length of the leading run of plain chat events in `chunk`, forwarded as they are.
@@ -97,17 +101,21 @@ class StreamRelay:
             return 0
         self.decoder.skip_bom_check()  # the chunk starts with "data: ", so it carries no BOM
         self.data_events += events
-        if done:
+        if done and not self.terminal:
             self.terminal = True
+            self.terminal_at = 0 if prefix.startswith(b"data: [DONE]\n") else prefix.find(b"\n\ndata: [DONE]\n") + 2
         return end
 
-    def _select(self, events: list[sse.Event]) -> bytes:
-        out = []
+    def _select(self, events: list[sse.Event], base: int = 0) -> bytes:
+        out: list[bytes] = []
         for event in events:
             raw = event.raw
             if event.data is not None:
+                was_terminal = self.terminal
                 if not self._inspect(event):
                     continue
+                if self.terminal and not was_terminal:
+                    self.terminal_at = base + sum(len(b) for b in out)
                 if self._replacement is not None:
                     raw, self._replacement = self._replacement, None
             out.append(raw)
@@ -223,17 +231,26 @@ class ClientWriter:
             raise ClientStalled(f"the client read nothing for {self._timeout_s:g}s") from exc
 
 
-async def pump(chunks: AsyncIterator[bytes], relay: StreamRelay, client: ClientWriter) -> None:
+async def pump(chunks: AsyncIterator[bytes], relay: StreamRelay, client: ClientWriter,
+               before_terminal: Callable[[], Awaitable[None]] | None = None) -> None:
     """Forward every complete event as soon as it is complete; raises on upstream failure.
 
     Stops at the terminal event ([DONE], a final Responses event): an upstream that keeps the
-    connection open after it must not hold the client's stream open (or time it out).
+    connection open after it must not hold the client's stream open (or time it out). The
+    events before it go out first, then `before_terminal` runs (the request's final usage row
+    is committed), then the terminal event's own bytes.
     """
     while not relay.terminal:
         chunk = await anext(chunks, None)
         if chunk is None:
             return
         data = relay.feed(chunk)
+        if before_terminal is not None and relay.terminal_at >= 0:
+            cut = relay.terminal_at
+            if cut:
+                await client.write(data[:cut])
+            await before_terminal()
+            data = data[cut:]
         if data:
             await client.write(data)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 
 from aiohttp import web
@@ -28,6 +28,8 @@ SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
 CLIENT_GONE = (ConnectionResetError, ConnectionError)
 REQUEST_ID_HEADER = "X-Request-Id"  # the middleware sets it on unprepared answers; a stream must before prepare()
 DRAIN_MESSAGE = "the gateway is restarting and this stream reached its drain deadline; retry the request"
+# Commits the request's final usage row (charge and hold release) before its terminal event goes out.
+Settle = Callable[[RequestRecord], Awaitable[None]]
 
 
 async def start_stream(request: web.Request, headers: Mapping[str, str], record: RequestRecord) -> web.StreamResponse:
@@ -43,7 +45,7 @@ async def start_stream(request: web.Request, headers: Mapping[str, str], record:
 
 
 async def stream_answer(request: web.Request, answer: Answer, headers: Mapping[str, str], record: RequestRecord,
-                        prompt_bytes: int) -> web.StreamResponse:
+                        prompt_bytes: int, settle: Settle | None = None) -> web.StreamResponse:
     relay, reply, chunks = answer.relay, answer.reply, answer.chunks
     assert relay is not None and reply is not None and chunks is not None
     lane = record.route.lane if record.route else "none"
@@ -51,15 +53,29 @@ async def stream_answer(request: web.Request, answer: Answer, headers: Mapping[s
     active = metrics.child(metrics.active_streams, lane)
     active.inc()
     clean = False
+
+    async def before_terminal() -> None:
+        """The answer is complete and its usage known: the charge is durable before the client sees the end."""
+        record_end(record, metrics, End.UPSTREAM_ERROR_EVENT if relay.error is not None else End.COMPLETE)
+        record.usage = relay.final_usage(prompt_bytes)
+        if settle is not None:
+            await settle(record)
+
     try:
         response = await start_stream(request, headers, record)
-        if answer.first:
+        if answer.first_terminal_at >= 0:  # the whole answer came with its first event
+            cut = answer.first_terminal_at
+            if cut:
+                await response.write(answer.first[:cut])
+            await before_terminal()
+            await response.write(answer.first[cut:])
+        elif answer.first:
             await response.write(answer.first)
         try:
             stall_s = request.app[appkeys.STATE].runtime.config.limits.client_stall_timeout_s
             client = ClientWriter(response, request.transport, stall_s)
             async with request.app[appkeys.DRAIN].watch(), _watch(request, record, answer):
-                await pump(chunks, relay, client)
+                await pump(chunks, relay, client, before_terminal)
             if not relay.terminal and relay.error is None:  # an upstream in-band error already ended it
                 raise StreamBroken("the upstream closed the stream before it was complete")
             clean = True
@@ -126,10 +142,14 @@ async def _upstream_broke(response: web.StreamResponse, relay: StreamRelay, reco
 
 
 async def synthesized_stream(request: web.Request, events: list[bytes], headers: Mapping[str, str],
-                             record: RequestRecord) -> web.StreamResponse:
-    """A Responses stream built from a final object (for upstreams that cannot stream it)."""
+                             record: RequestRecord, settle: Settle | None = None) -> web.StreamResponse:
+    """A Responses stream built from a final object (for upstreams that cannot stream it); the
+    final event goes out once the request's charge is committed."""
     response = await start_stream(request, headers, record)
-    await response.write(b"".join(events))
+    await response.write(b"".join(events[:-1]))
+    if settle is not None:
+        await settle(record)
+    await response.write(events[-1])
     record.delivered = True  # the terminal event is out: a client leaving now ends nothing early
     try:
         await response.write_eof()
