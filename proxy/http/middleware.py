@@ -116,7 +116,8 @@ async def settle(app: web.Application, record: RequestRecord) -> None:
     its terminal event is written, so a delivered stream is charged even if the process dies the
     moment after. Bounded: a store that does not commit within SETTLE_WAIT_S (PostgreSQL out of
     reach, SQLite locked) does not hold the stream; its end goes out and the queued row is written
-    when the store allows. `_finish` writes the row again only if something changed since."""
+    when the store allows (a write that failed is counted, as for any final row). `_finish` queues
+    the row again only if something changed since."""
     if record.principal is None:
         return
     record.duration_s = time.monotonic() - record.t0
@@ -124,11 +125,10 @@ async def settle(app: web.Application, record: RequestRecord) -> None:
         record.cost_micros = request_cost(record)
     committed = app[appkeys.USAGE].finish(record, wait=True)
     assert committed is not None  # reason: wait=True always returns the future
+    record.settled = _settled(record)  # queued once: kept for a retry or dropped and counted like any final row
     done, _ = await asyncio.wait((committed,), timeout=SETTLE_WAIT_S)
-    if done and committed.result():
-        record.settled = _settled(record)
-    else:
-        log.warning("usage row of %s not committed before its stream's end; it is written when the store allows",
+    if not (done and committed.result()):
+        log.warning("usage row of %s not committed before its stream's end (the store is slow or unavailable)",
                     record.request_id)
 
 
