@@ -29,6 +29,7 @@ from proxy.relay.upstream import UpstreamClient
 from proxy.runtime import Runtime, State
 from proxy.startup_checks import check_master_key
 from proxy.store import Store
+from proxy.store.instances import InstanceLease, new_instance_id
 from proxy.store.retention import UsageRetention
 from proxy.store.rows import StoreError
 from proxy.store.usage_writer import UsageRecorder
@@ -54,7 +55,7 @@ def build_app(config: Config, metrics: Metrics | None = None) -> web.Application
     app.on_response_prepare.append(mask_outgoing)
     app[appkeys.UPSTREAM] = UpstreamClient(config.limits)
     app[appkeys.ACCESS_LOG] = AccessLog()
-    app[holds.OWNER] = holds.owner_name()
+    app[holds.OWNER] = new_instance_id()  # random per start: the owner of this process's rows and holds
     app.cleanup_ctx.append(_access_log_ctx)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_retention_ctx)  # after the store: stopped before it closes
@@ -78,9 +79,10 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         await check_master_key(store, state.runtime)
         auth = Authenticator(store, config.key_pepper)
         await auth.start()
-        usage = UsageRecorder(store)
+        lease = InstanceLease(store, app[holds.OWNER])
+        await lease.start()  # registered before any row names it; dead processes' rows and holds swept
+        usage = UsageRecorder(store, owner=lease.id)
         await usage.start()
-        await _clear_dead_holds(store)
     except BaseException:
         await store.close()
         raise
@@ -97,6 +99,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         await health.stop()
         await shared.stop()
     await usage.stop()
+    await lease.stop()  # after the last row: nothing of this process is in flight any more
     await auth.stop()
     await store.close()
 
@@ -133,13 +136,6 @@ async def _sweep_streams(app: web.Application) -> None:
         except StoreError as exc:  # the cached copy still answers; try again next second
             log.warning("stream watch: could not refresh the key table: %s", exc)
         watch.sweep(auth.still_allowed)
-
-
-async def _clear_dead_holds(store: Store) -> None:
-    """Holds never outlive their request (proxy.billing.holds.clear_dead_holds says whose go)."""
-    cleared = await holds.clear_dead_holds(store)
-    if cleared:
-        log.warning("released %d billing holds left by a previous run", cleared)
 
 
 async def _access_log_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -5,16 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import calendar
-import os
-import socket
 import time
 
-import pytest
-
-from proxy.billing.holds import INSTANCE_ENV, clear_dead_holds, decide, instance_id, owner_name
+from proxy.billing.holds import decide
 from proxy.store import Store
 from proxy.store.rows import HoldRequest, UsageRow
-from proxy.supervisor_env import WORKER_ENV
 from proxy.types import Secret
 
 PEPPER = Secret("pepper")
@@ -62,28 +57,6 @@ async def test_a_balance_for_ten_holds_admits_ten_of_thirty_concurrent(store_url
         assert (account.month, account.month_charges_micros) == (MONTH, 600_000)
         assert await store.holds_of(1) == (0, 0)
         assert (await store.get_api_key(key.id)).spent_micros == 600_000
-    finally:
-        await store.close()
-
-
-async def test_holds_cleared_by_owner_and_all(store_url: str) -> None:
-    store = await Store.open(store_url)
-    try:
-        await store.create_workspace("acme")
-        key, _ = await store.create_api_key("acme", PEPPER, spend_limit_micros=350_000)
-        await store.add_ledger_entry("acme", 10_000_000, "topup", "", "ops")
-        for i, owner in enumerate(("a", "a", "b")):
-            assert await store.take_hold(hold(i, key.id, owner=owner, limited=True), decide(100_000, "USD", MONTH)) is None
-        refusal = await store.take_hold(hold(9, key.id, limited=True), decide(100_000, "USD", MONTH))
-        assert refusal is not None and refusal.error.code == "key_limit_exceeded"  # 300 000 held of a 350 000 limit
-        assert await store.clear_holds("a") == 2
-        assert (await store.billing_account("acme")).held_micros == 100_000
-        assert await store.clear_holds(None) == 1
-        assert (await store.billing_account("acme")).held_micros == 0
-        assert await store.take_hold(hold(10, key.id, limited=True), decide(200_000, "USD", MONTH)) is None
-        assert await store.take_hold(hold(11, key.id), decide(100_000, "USD", MONTH)) is None  # the one-trip path
-        assert (await store.billing_account("acme")).held_micros == 200_000
-        assert await store.clear_holds(None) == 2
     finally:
         await store.close()
 
@@ -151,30 +124,5 @@ async def test_statements_count_rows_retention_rolled_up(store_url: str) -> None
         assert (line[0], line[2], line[7]) == ("cheap", 2, 10_000)
         assert await store.balance_before(workspace.id, march[1]) == (0, 10_000)
         assert await store.balance_before(workspace.id, march[0]) == (0, 0)
-    finally:
-        await store.close()
-
-
-async def test_whose_holds_a_starting_process_clears(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    store = await Store.open(store_url)
-    try:
-        await store.create_workspace("acme")
-        key, _ = await store.create_api_key("acme", PEPPER)
-        await store.add_ledger_entry("acme", 10_000_000, "topup", "", "ops")
-        host = socket.gethostname()
-        owners = [f"{host}:worker-0", f"{host}:worker-1", f"{host}:pid-77", "other-host:pid-5"]
-        for i, owner in enumerate(owners):
-            assert await store.take_hold(hold(i, key.id, owner=owner), decide(100_000, "USD", MONTH)) is None
-        monkeypatch.delenv(INSTANCE_ENV, raising=False)
-        monkeypatch.setenv(WORKER_ENV, "1:8080:1")  # a restarted worker: only its own slot's holds go
-        assert instance_id() == f"{host}:worker-1" and await clear_dead_holds(store) == 1
-        monkeypatch.delenv(WORKER_ENV)
-        monkeypatch.setenv(INSTANCE_ENV, "blue")
-        assert owner_name() == "blue" and await clear_dead_holds(store) == 0
-        monkeypatch.delenv(INSTANCE_ENV)
-        assert owner_name() == f"{host}:pid-{os.getpid()}"
-        left = 0 if store.kind == "sqlite" else 1  # a lone process: all on SQLite, this host's on PostgreSQL
-        assert await clear_dead_holds(store) == len(owners) - 1 - left
-        assert (await store.billing_account("acme")).held_micros == left * 100_000
     finally:
         await store.close()

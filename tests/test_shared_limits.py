@@ -113,8 +113,7 @@ async def test_a_balance_for_10_holds_admits_at_most_10_across_two_hosts(tmp_pat
         finally:
             await store.close()
         one, two = write_config(tmp_path, data, "one.yaml"), write_config(tmp_path, data, "two.yaml")
-        async with process_gateway(one, extra_env={"OKM_INSTANCE_ID": "host-a"}) as a, \
-                process_gateway(two, extra_env={"OKM_INSTANCE_ID": "host-b"}) as b:
+        async with process_gateway(one) as a, process_gateway(two) as b:
             statuses = await _fire([a.url, b.url], key, "resale/slow-20-100", True, 50, {"max_tokens": 1000})
     assert statuses.count(200) + statuses.count(402) == 50, statuses
     assert statuses.count(200) == 10, statuses  # all 50 overlap: exactly the 10 the balance covers

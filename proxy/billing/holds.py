@@ -3,13 +3,12 @@ key-limited) workspace takes a hold in the store, or is refused with a 402 namin
 
 One store round trip per held request; postpaid workspaces without limits, free models and a
 disabled price book never reach the store here. Holds are released (and the real cost charged)
-by the usage writer, in the transaction of the request's final usage row.
+by the usage writer, in the transaction of the request's final usage row; a hold whose process died
+is released by proxy/store/instances.py (the hold's owner is the process's instance id).
 """
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,44 +21,14 @@ from proxy.billing.cost import cost_micros
 from proxy.billing.money import format_amount
 from proxy.billing.prices import PriceBook
 from proxy.relay import metering
-from proxy.store import Store
 from proxy.store.billing_sql import month_of
 from proxy.store.rows import BillingAccount, HoldRequest, KeySpend, StoreError
-from proxy.supervisor_env import WORKER_ENV
 from proxy.types import Endpoint, Price, RequestRecord
 
-INSTANCE_ENV = "OKM_INSTANCE_ID"  # a stable id for this gateway instance, if the operator gives one
-OWNER: web.AppKey[str] = web.AppKey("billing_owner", str)
+OWNER: web.AppKey[str] = web.AppKey("billing_owner", str)  # this process's instance id (proxy/store/instances.py)
 MAX_OUTPUT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 # Endpoints whose answers carry no generated tokens: a hold covers their input (and request fee) only.
 NO_OUTPUT_ENDPOINTS = frozenset({Endpoint.EMBEDDINGS, Endpoint.MODERATIONS, Endpoint.INPUT_TOKENS})
-
-
-def instance_id() -> str | None:
-    """A stable id that a restarted process shares with the one it replaces: OKM_INSTANCE_ID, else
-    (a supervisor's worker) host and worker slot; None for a lone process."""
-    explicit = os.environ.get(INSTANCE_ENV)
-    if explicit:
-        return explicit
-    worker = os.environ.get(WORKER_ENV)
-    return f"{socket.gethostname()}:worker-{worker.split(':', 1)[0]}" if worker else None
-
-
-def owner_name() -> str:
-    """What this process writes as its holds' owner: the instance id, else host and pid."""
-    return instance_id() or f"{socket.gethostname()}:pid-{os.getpid()}"
-
-
-async def clear_dead_holds(store: Store) -> int:
-    """At start-up: the holds of requests that died with a previous process. An instance with a
-    stable id drops its own; a lone process drops every hold on SQLite (one host) and this host's
-    on PostgreSQL (other hosts keep theirs)."""
-    owner = instance_id()
-    if owner is not None:
-        return await store.clear_holds(owner)
-    if store.kind == "sqlite":
-        return await store.clear_holds(None)
-    return await store.clear_holds(None, prefix=f"{socket.gethostname()}:")
 
 
 def max_output_tokens(data: dict[str, Any], endpoint: Endpoint, price: Price, book: PriceBook) -> int:

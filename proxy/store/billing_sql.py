@@ -162,21 +162,6 @@ def settle_statements(finished: Sequence[UsageRow]) -> list[tuple[str, Sequence[
     ]
 
 
-async def clear_holds(tx: Tx, owner: str | None, prefix: str | None = None) -> int:
-    """Drop a dead process's holds — those of `owner`, else those whose owner starts with `prefix`,
-    else every hold — and recount what stays held."""
-    if owner is not None:
-        cleared = await tx.execute("DELETE FROM billing_holds WHERE owner = ?", (owner,))
-    elif prefix is not None:
-        cleared = await tx.execute("DELETE FROM billing_holds WHERE substr(owner, 1, ?) = ?", (len(prefix), prefix))
-    else:
-        cleared = await tx.execute("DELETE FROM billing_holds")
-    await tx.execute("UPDATE billing_accounts SET held_micros = (SELECT COALESCE(SUM(h.amount_micros), 0) "
-                     "FROM billing_holds h WHERE h.workspace_id = billing_accounts.workspace_id) WHERE held_micros <> 0")
-    await tx.execute("UPDATE api_keys SET held_micros = (SELECT COALESCE(SUM(h.amount_micros), 0) "
-                     "FROM billing_holds h WHERE h.key_id = api_keys.id) WHERE held_micros <> 0")
-    return cleared
-
 LEDGER_COLUMNS = "id, workspace_id, amount_micros, kind, note, actor, created_at"
 INSERT_LEDGER = ("INSERT INTO billing_ledger (workspace_id, amount_micros, kind, note, actor, created_at) "
                  "VALUES (?, ?, ?, ?, ?, ?) RETURNING id")

@@ -75,12 +75,6 @@ class BillingStore:
         refusal = await sql.explain_refusal(self.db, hold, decide)
         return refusal if refusal is not None else decide(_EMPTY, None)
 
-    async def clear_holds(self, owner: str | None, prefix: str | None = None) -> int:
-        """Drop the holds a dead process left: `owner`'s, else those whose owner starts with
-        `prefix`, else all of them; returns how many."""
-        async with self.transaction() as tx:
-            return await sql.clear_holds(tx, owner, prefix)
-
     async def billing_account(self, workspace_name: str) -> BillingAccount:
         workspace = await self.get_workspace(workspace_name)
         rows = await self.fetchall(sql.ACCOUNT, (workspace.id,))

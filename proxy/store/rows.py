@@ -143,6 +143,7 @@ class UsageRow:
     price_output: int | None = None
     price_request: int | None = None
     hold_micros: int = 0
+    owner: str | None = None  # the gateway instance that admitted it (proxy/store/instances.py)
 
 
 @dataclass(frozen=True, slots=True)

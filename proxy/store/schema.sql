@@ -268,3 +268,16 @@ CREATE TABLE pool_health (
 INSERT INTO pool_health (account, failures, ejected_until, eject_reason, disabled_at, cooling_until)
     SELECT account, 0, 0, NULL, NULL, cooling_until FROM pool_cooldowns;
 DROP TABLE pool_cooldowns;
+
+-- migration 9: gateway instances: each process's lease; in-flight usage rows name the instance that owns them
+-- (billing_holds.owner names it too). A process marks `interrupted` only rows of dead instances (proxy/store/instances.py).
+CREATE TABLE gateway_instances (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    pid_start INTEGER,
+    started_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX gateway_instances_by_host ON gateway_instances (host);
+ALTER TABLE usage ADD COLUMN owner TEXT;

@@ -347,11 +347,6 @@ class Store(BillingStore):
         lock = self.kind == POSTGRESQL
         return await self.db.run_transaction(lambda tx: pool_health_sql.merge(tx, work, lock=lock))
 
-    async def mark_interrupted_usage(self) -> int:
-        """Rows a previous process left in flight become `interrupted`; returns how many."""
-        async with self.transaction() as db:
-            return await usage_store.mark_interrupted(db)
-
     async def get_usage(self, request_id: str) -> UsageRow | None:
         return await usage_store.get_row(self.db, request_id)
 

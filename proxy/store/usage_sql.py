@@ -18,7 +18,7 @@ _COLUMNS = (
     "request_id, started_at, workspace_id, key_id, lane, public_model, upstream, endpoint, stream, status, "
     "outcome, prompt_tokens, completion_tokens, total_tokens, tokens_estimated, ttfb_s, duration_s, attempts, "
     "cached_input_tokens, reasoning_tokens, cost_micros, price_input, price_cached_input, price_output, "
-    "price_request, hold_micros"
+    "price_request, hold_micros, owner"
 )
 _PLACEHOLDERS = ", ".join("?" for _ in _COLUMNS.split(", "))
 _UPDATES = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS.split(", ")[1:])
@@ -33,7 +33,7 @@ def _params(row: UsageRow) -> tuple[Any, ...]:
         row.endpoint, int(row.stream), row.status, row.outcome, row.prompt_tokens, row.completion_tokens,
         row.total_tokens, int(row.tokens_estimated), row.ttfb_s, row.duration_s, row.attempts,
         row.cached_input_tokens, row.reasoning_tokens, row.cost_micros, row.price_input, row.price_cached_input,
-        row.price_output, row.price_request, row.hold_micros,
+        row.price_output, row.price_request, row.hold_micros, row.owner,
     )
 
 
@@ -60,10 +60,6 @@ def batch(admitted: Sequence[UsageRow], finished: Sequence[UsageRow]) -> list[tu
         (_FINISH, [_params(r) for r in finished]),
         (_TOUCH, [(ts, key_id, ts) for key_id, ts in sorted(last_used.items())]),  # one lock order
     ]
-
-
-async def mark_interrupted(db: Tx) -> int:
-    return await db.execute("UPDATE usage SET outcome = ? WHERE outcome = ?", (Outcome.INTERRUPTED.value, USAGE_IN_FLIGHT))
 
 
 async def get_row(db: Database, request_id: str) -> UsageRow | None:

@@ -32,7 +32,7 @@ def _text(value: str | None) -> str | None:
     return None if value is None else value[:MAX_TEXT]
 
 
-def usage_row(record: RequestRecord, *, admitted: bool) -> UsageRow:
+def usage_row(record: RequestRecord, *, admitted: bool, owner: str | None = None) -> UsageRow:
     """A snapshot of the record as a usage row (the record keeps changing after this)."""
     principal, route, usage, price = record.principal, record.route, record.usage, record.price
     return UsageRow(
@@ -62,6 +62,7 @@ def usage_row(record: RequestRecord, *, admitted: bool) -> UsageRow:
         price_output=price.output if price else None,
         price_request=price.request if price else None,
         hold_micros=record.hold_micros,
+        owner=owner,
     )
 
 
@@ -81,8 +82,10 @@ class UsageRecorder:
     survives a killed process (not necessarily a power cut).
     """
 
-    def __init__(self, store: Store, *, batch_rows: int = BATCH_ROWS, max_pending: int = MAX_PENDING) -> None:
+    def __init__(self, store: Store, *, owner: str | None = None, batch_rows: int = BATCH_ROWS,
+                 max_pending: int = MAX_PENDING) -> None:
         self._store = store
+        self._owner = owner  # this process's instance id, on every row (in flight: who may mark it interrupted)
         self._batch_rows = batch_rows
         self._max_pending = max_pending
         self._queue: deque[_Item] = deque()
@@ -92,17 +95,13 @@ class UsageRecorder:
         self._retry_at = 0.0  # loop time before which a batch the store refused is not retried
         self.write_failures = 0  # rows that could not be written (dropped)
         self.rows_written = 0
-        self.interrupted_at_start = 0  # rows a previous process left in flight
 
     @property
     def pending(self) -> int:
         return len(self._queue)
 
     async def start(self) -> None:
-        """Mark a previous process's in-flight rows `interrupted`, then start the writer."""
-        self.interrupted_at_start = await self._store.mark_interrupted_usage()
-        if self.interrupted_at_start:
-            log.warning("marked %d usage rows from a previous run as interrupted", self.interrupted_at_start)
+        """Start the writer. (Rows dead processes left in flight: proxy/store/instances.py.)"""
         self._closing = False
         self._task = asyncio.create_task(self._run(), name="usage-writer")
 
@@ -121,7 +120,7 @@ class UsageRecorder:
         (already counted and logged); it never raises.
         """
         committed: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._enqueue(_Item(usage_row(record, admitted=True), False, committed))
+        self._enqueue(_Item(usage_row(record, admitted=True, owner=self._owner), False, committed))
         return committed
 
     def finish(self, record: RequestRecord, *, wait: bool = False) -> asyncio.Future[bool] | None:
@@ -130,7 +129,7 @@ class UsageRecorder:
         With `wait`, returns a future that resolves (True/False, never raising) once it is committed.
         """
         committed = asyncio.get_running_loop().create_future() if wait else None
-        self._enqueue(_Item(usage_row(record, admitted=False), True, committed))
+        self._enqueue(_Item(usage_row(record, admitted=False, owner=self._owner), True, committed))
         return committed
 
     def _enqueue(self, item: _Item) -> None:
