@@ -26,6 +26,7 @@ from proxy.store.rows import BillingAccount, HoldRequest, KeySpend, StoreError
 from proxy.types import Endpoint, Price, RequestRecord
 
 OWNER: web.AppKey[str] = web.AppKey("billing_owner", str)  # this process's instance id (proxy/store/instances.py)
+STORE_RETRY_AFTER_S = 1.0  # the Retry-After of a hold refused because the store cannot be reached
 MAX_OUTPUT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 # Endpoints whose answers carry no generated tokens: a hold covers their input (and request fee) only.
 NO_OUTPUT_ENDPOINTS = frozenset({Endpoint.EMBEDDINGS, Endpoint.MODERATIONS, Endpoint.INPUT_TOKENS})
@@ -109,7 +110,8 @@ async def take_hold(app: web.Application, book: PriceBook, record: RequestRecord
     except StoreError as exc:
         record.hold_micros = 0
         raise errors.ServiceUnavailableError("Billing is unavailable: the gateway's store cannot be written; "
-                                             "retry shortly.", code="billing_unavailable") from exc
+                                             "retry shortly.", code="billing_unavailable",
+                                             retry_after=STORE_RETRY_AFTER_S) from exc
     if refusal is not None:
         record.hold_micros = 0
         app[appkeys.METRICS].child(app[appkeys.METRICS].billing_refusals, refusal.error.code).inc()
