@@ -10,7 +10,6 @@ import asyncio
 import os
 import secrets
 import socket
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,9 +46,6 @@ class GatewaySetup:
     key: str
     port: int
     log: Path
-
-    def command(self) -> list[str]:
-        return [sys.executable, "-m", "proxy", "serve", "--config", str(self.config)]
 
 
 def free_port() -> int:

@@ -1,31 +1,25 @@
 """Processes the bench starts (each stopped by its PID, whatever happens) and what /proc says
 about them: CPU seconds (utime+stime) and resident memory. Linux only; loopback only.
+
+Servers (fake upstream, bare relay, gateway) are started by testkit.gateway, the one launcher;
+this module pins them to a core, keeps the list to stop and runs the short-lived tools.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import resource
 import shutil
-import signal
 import subprocess
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO
+
+from testkit.gateway import ServerProcess, stop_process
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-_PR_SET_PDEATHSIG = 1
-_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: the child between fork and exec only calls it
-
-
-def _die_with_parent() -> None:
-    # If the driver is killed outright (SIGKILL, OOM), its servers get SIGTERM from the kernel.
-    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def cores() -> tuple[int | None, int | None]:
@@ -36,10 +30,15 @@ def cores() -> tuple[int | None, int | None]:
     return available[0], available[1]
 
 
-def pinned(cmd: list[str], core: int | None) -> list[str]:
+def pin(core: int | None) -> list[str]:
+    """The command prefix that pins a process to `core` (none when we cannot pin)."""
     if core is None or shutil.which("taskset") is None:
-        return cmd
-    return ["taskset", "-c", str(core), *cmd]
+        return []
+    return ["taskset", "-c", str(core)]
+
+
+def pinned(cmd: list[str], core: int | None) -> list[str]:
+    return [*pin(core), *cmd]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -64,21 +63,28 @@ def children_cpu_seconds() -> float:
 class Procs:
     """Every process started here, stopped in reverse order by PID (SIGTERM, then SIGKILL)."""
 
-    started: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
+    started: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    servers: list[ServerProcess] = field(default_factory=list)
+
+    def server(self, server: ServerProcess, core: int | None) -> ServerProcess:
+        """Start `server` pinned to `core`, dying with this process; returns once it is ready."""
+        server.cmd = [*pin(core), *server.cmd]
+        server.die_with_parent = True
+        self.servers.append(server)
+        return server.start_blocking()
 
     def start(self, name: str, cmd: list[str], *, core: int | None, env: dict[str, str] | None = None,
-              stdout: int | IO | None = subprocess.PIPE, server: bool = False,
-              cwd: Path | None = None) -> subprocess.Popen:
+              stdout: int | IO[bytes] | None = subprocess.PIPE) -> subprocess.Popen[bytes]:
+        """A short-lived tool (load generator, wrk, py-spy), pinned to `core`."""
         proc = subprocess.Popen(
-            pinned(cmd, core), env=env, cwd=cwd, stdout=stdout,
+            pinned(cmd, core), env=env, stdout=stdout,
             stderr=subprocess.STDOUT if stdout is not None else None,
             stdin=subprocess.DEVNULL, start_new_session=True,
-            preexec_fn=_die_with_parent if server else None,
         )
         self.started.append((name, proc))
         return proc
 
-    def forget(self, proc: subprocess.Popen) -> None:
+    def forget(self, proc: subprocess.Popen[bytes]) -> None:
         self.started = [(n, p) for n, p in self.started if p is not proc]
 
     def run(self, name: str, cmd: list[str], *, core: int | None, env: dict[str, str] | None = None,
@@ -88,7 +94,7 @@ class Procs:
         try:
             out, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired as exc:
-            stop(proc)
+            stop_process(proc)
             raise RuntimeError(f"{name} did not finish within {timeout:.0f}s") from exc
         finally:
             self.forget(proc)
@@ -99,49 +105,11 @@ class Procs:
     def stop_all(self) -> None:
         while self.started:
             _, proc = self.started.pop()
-            stop(proc)
-
-
-def stop(proc: subprocess.Popen, grace_s: float = 6.0) -> int:
-    """SIGTERM by PID, SIGKILL after `grace_s`; the exit status."""
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return proc.returncode
-
-
-def read_port(log: Path, proc: subprocess.Popen, name: str, timeout: float = 20.0) -> int:
-    """Our own servers print `LISTENING <port>` to their log once bound."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        text = log.read_text(errors="replace") if log.exists() else ""
-        for line in text.splitlines():
-            if line.startswith("LISTENING "):
-                return int(line.split()[1])
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with {proc.returncode} during start-up\n{text[-3000:]}")
-        time.sleep(0.05)
-    raise RuntimeError(f"{name} did not start within {timeout:.0f}s")
-
-
-def wait_http(url: str, proc: subprocess.Popen, name: str, log: Path | None = None, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
-            raise RuntimeError(f"{name} exited with {proc.returncode} during start-up\n{tail}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{name} was not ready at {url} within {timeout:.0f}s")
+            stop_process(proc)
+        while self.servers:
+            server = self.servers.pop()
+            if server.proc is not None:
+                server.stop_blocking()
 
 
 class Sampler(threading.Thread):

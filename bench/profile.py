@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.procs import Procs, stop
+from bench.procs import Procs
+from testkit.gateway import stop_process
 
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^:()]*)(?::\d+)?\)$")
 TOP = 25
@@ -131,7 +132,7 @@ def record(procs: Procs, pid: int, out: Path, seconds: float, core: int | None,
         except subprocess.TimeoutExpired as exc:
             raise RuntimeError("py-spy did not finish") from exc
         finally:
-            stop(proc)  # a no-op once it has finished; ends it if the load failed
+            stop_process(proc)  # a no-op once it has finished; ends it if the load failed
             procs.forget(proc)
     if proc.returncode != 0 or not out.exists():
         raise RuntimeError(f"py-spy failed ({proc.returncode}): {log.read_text(errors='replace')[-1500:]}")

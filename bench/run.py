@@ -23,10 +23,11 @@ import aiohttp
 import orjson
 
 from bench import gateway, report, scenarios, wrk
-from bench.procs import Procs, cores, read_port, wait_http
+from bench.procs import Procs, cores
 from bench.profile import record
 from bench.scenarios import Bench, Settings, Target
 from bench.wire import chat_body
+from testkit.gateway import GatewayProcess, ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 FULL = Settings(rounds=3, seconds=4.0, stream_conns=32, fast_events=50, hold_streams=1000, slow_events=240,
@@ -100,21 +101,16 @@ def start_servers(procs: Procs, run_dir: Path, settings: Settings, proxy_core: i
                   load_core: int | None, gateway_src: Path | None, billing: bool = False, workers: int = 1,
                   store_url: str | None = None) -> Servers:
     py = sys.executable
-    with (run_dir / "upstream.log").open("wb") as log:
-        up = procs.start("fake upstream", [py, "-m", "bench.fake_upstream"], core=load_core, stdout=log, server=True)
-    up_port = read_port(run_dir / "upstream.log", up, "fake upstream")
-    with (run_dir / "bare.log").open("wb") as log:
-        bare = procs.start("bare relay", [py, "-m", "bench.bare_relay", "--upstream", f"http://127.0.0.1:{up_port}"],
-                           core=proxy_core, stdout=log, server=True)
-    bare_port = read_port(run_dir / "bare.log", bare, "bare relay")
+    up = procs.server(ServerProcess([py, "-m", "testkit.upstream"], log=run_dir / "upstream.log",
+                                    name="fake upstream"), load_core)
+    bare = procs.server(ServerProcess([py, "-m", "bench.bare_relay", "--upstream", up.url], log=run_dir / "bare.log",
+                                      name="bare relay"), proxy_core)
     profiles = gateway.Profiles(settings.fast_events, settings.slow_events, settings.slow_ms)
-    setup = gateway.prepare(run_dir, up_port, profiles, billing, workers, store_url)
-    with setup.log.open("wb") as log:  # the access log goes here, one JSON line per request
-        gw_core = proxy_core if workers == 1 else None  # N workers need the cores to themselves
-        gw = procs.start("gateway", setup.command(), core=gw_core, env=setup.env, stdout=log, server=True,
-                         cwd=gateway_src)
-    wait_http(f"http://127.0.0.1:{setup.port}/readyz", gw, "gateway", setup.log)
-    return up_port, bare_port, setup, {"upstream": up.pid, "bare": bare.pid, "gateway": gw.pid}
+    setup = gateway.prepare(run_dir, up.port, profiles, billing, workers, store_url)
+    # The access log goes to setup.log, one JSON line per request. N workers need the cores to themselves.
+    gw = procs.server(GatewayProcess(setup.config, setup.env, setup.log, cwd=gateway_src, python=py),
+                      proxy_core if workers == 1 else None)
+    return up.port, bare.port, setup, {"upstream": up.pid, "bare": bare.pid, "gateway": gw.pid}
 
 
 def make_targets(up_port: int, bare_port: int, gw_port: int, pids: dict[str, int],
@@ -254,7 +250,7 @@ def finish(args: argparse.Namespace, bench: Bench, runs: dict, meta: dict, prof:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_args(args)
-    os.chdir(ROOT)  # children run `-m bench.…` and `-m proxy` from here (unless --gateway-src)
+    os.chdir(ROOT)  # children run `-m bench.…`, `-m testkit.…` and `-m proxy` from here (unless --gateway-src)
     settings = settings_from(args)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even where the shell started us ignoring it
     for sig in (signal.SIGTERM, signal.SIGHUP):

@@ -15,7 +15,6 @@ import random
 import secrets
 import socket
 import sqlite3
-import subprocess
 import sys
 import time
 import urllib.request
@@ -28,7 +27,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.procs import stop  # noqa: E402  # reason: needs the repo root on sys.path first
+from testkit.gateway import GatewayProcess, ServerProcess  # noqa: E402  # reason: needs the repo root on sys.path first
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MODEL_SLOW, MODEL_FAST = "slow", "fast"
@@ -49,21 +48,6 @@ class Tally:
 
 
 # --- processes and /proc -------------------------------------------------------------------------
-
-
-def spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-
-
-def wait_for(predicate, what: str, within_s: float = 30.0) -> None:  # reason: any callable
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"{what} not ready within {within_s}s")
 
 
 def rss_mib(pid: int) -> float:
@@ -301,33 +285,24 @@ def main() -> int:
     args = parser.parse_args()
     run = args.out / time.strftime("%Y%m%d-%H%M%S")
     run.mkdir(parents=True)
-    upstream = spawn([sys.executable, "-u", "-m", "bench.fake_upstream"], {}, run / "upstream.log")
-    gateway = None
+    upstream = ServerProcess([sys.executable, "-m", "testkit.upstream"], log=run / "upstream.log", name="fake upstream")
+    gateway: GatewayProcess | None = None
     report: dict = {"settings": {k: str(v) for k, v in vars(args).items()}}
     try:
-        wait_for(lambda: "LISTENING" in (run / "upstream.log").read_text(), "fake upstream")
-        upstream_port = int((run / "upstream.log").read_text().split("LISTENING", 1)[1].split()[0])
+        upstream_port = upstream.start_blocking().port
         config, env, key, port = prepare(run, upstream_port, args)
-        gateway = spawn([sys.executable, "-m", "proxy", "serve", "--config", str(config)], env, run / "gateway.log")
-        wait_for(lambda: _ready(port), "gateway")
+        gateway = GatewayProcess(config, env, run / "gateway.log").start_blocking()
         asyncio.run(drive(args, port, key, upstream_port, gateway.pid, report))
-        report["exit_status"] = stop(gateway, STOP_GRACE_S)
+        report["exit_status"] = gateway.stop_blocking(STOP_GRACE_S)
         report["usage_rows"] = usage_summary(run / "okm.sqlite3")
     finally:
         if gateway is not None:
-            stop(gateway, STOP_GRACE_S)
-        stop(upstream, STOP_GRACE_S)
+            gateway.stop_blocking(STOP_GRACE_S)
+        if upstream.proc is not None:
+            upstream.stop_blocking(STOP_GRACE_S)
         (run / "report.json").write_text(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
     print_summary(report, run)
     return 0 if verdict(report) else 1
-
-
-def _ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
 
 
 def verdict(report: dict) -> bool:
