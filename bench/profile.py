@@ -26,7 +26,8 @@ TOP = 25
 AREAS = (
     ("metrics (prometheus_client)", ("prometheus_client/",)),
     ("asyncio.timeout contexts", ("asyncio/timeouts.py",)),
-    ("access log (logging + redaction)", ("proxy/accesslog.py", "logging/")),
+    ("access log (logging + redaction)", ("proxy/accesslog.py", "proxy/telemetry/accesslog.py", "proxy/redaction.py",
+                                          "proxy/telemetry/logs.py", "logging/")),
     ("usage rows (build, queue, SQLite writer task)", ("proxy/usage.py", "proxy/usage_store.py", "Store.write_usage",
                                                       "Store.transaction", "aiosqlite/")),
     ("request id (uuid4)", ("uuid.py",)),

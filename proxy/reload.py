@@ -18,7 +18,7 @@ from proxy.errors import ConfigError
 from proxy.lanes.secret_guard import operator_secrets
 from proxy.runtime import Runtime
 from proxy.startup_checks import check_master_key
-from proxy.telemetry.redaction import set_known_secrets
+from proxy.telemetry.logs import set_known_secrets
 from proxy.workspaces.crypto import MasterKeyError
 
 log = logging.getLogger("okm.reload")

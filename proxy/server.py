@@ -28,9 +28,9 @@ from proxy.lanes.secret_guard import operator_secrets
 from proxy.reload import reload_config
 from proxy.store.rows import StoreError
 from proxy.supervisor_env import RELOAD_ANSWER, WORKER_ENV
+from proxy.telemetry.logs import configure_logging
 from proxy.telemetry.metrics import metrics_handler
 from proxy.telemetry.notify import notify
-from proxy.telemetry.redaction import configure_logging
 from proxy.types import Phase
 from proxy.workspaces.crypto import MasterKeyError
 

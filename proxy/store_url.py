@@ -1,7 +1,8 @@
 """Store URLs: `sqlite:///relative`, `sqlite:////absolute`, `postgresql://USER@HOST:PORT/DB`.
 
 Shared vocabulary (config parses them, the store opens them); parsing only, no I/O. `display`
-is the URL with any password replaced by `***`, the only form that may appear in logs and errors.
+is the URL with any password replaced by `***` (proxy.redaction), the only form that may appear in
+logs and errors.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import urllib.parse
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from proxy.redaction import redact_url
 from proxy.types import Secret
 
 SQLITE = "sqlite"
@@ -40,16 +42,6 @@ class StoreUrl:
         return cls(SQLITE, path, None, f"sqlite:///{path}")
 
 
-def redact(url: str) -> str:
-    """The URL with its password (if any) masked."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-
-
 def parse_store_url(url: str, base: Path) -> StoreUrl:
     """Parse a store URL; a relative SQLite path resolves against `base` (the config's folder)."""
     scheme, sep, rest = url.partition("://")
@@ -68,6 +60,6 @@ def parse_store_url(url: str, base: Path) -> StoreUrl:
         try:
             parts.port  # noqa: B018 (reason: raises ValueError on a bad port)
         except ValueError as exc:
-            raise StoreUrlError(f"bad port in {redact(url)}") from exc
-        return StoreUrl(POSTGRESQL, None, url, redact(url))
+            raise StoreUrlError(f"bad port in {redact_url(url)}") from exc
+        return StoreUrl(POSTGRESQL, None, url, redact_url(url))
     raise StoreUrlError(f"unsupported scheme {scheme!r}: use sqlite or postgresql")

@@ -31,8 +31,8 @@ from proxy.errors import ConfigError
 from proxy.host_limits import host_total
 from proxy.lanes.secret_guard import operator_secrets
 from proxy.supervisor_env import RELOAD_ANSWER, WORKER_ENV
+from proxy.telemetry.logs import configure_logging
 from proxy.telemetry.notify import notify
-from proxy.telemetry.redaction import configure_logging
 
 log = logging.getLogger("okm.supervisor")
 

@@ -8,8 +8,9 @@ import logging
 import orjson
 from aiohttp.http_exceptions import BadHttpMessage
 
+from proxy.redaction import redact
 from proxy.telemetry.accesslog import AccessLog, access_line
-from proxy.telemetry.redaction import quiet_bad_requests, redact
+from proxy.telemetry.logs import quiet_bad_requests
 from proxy.types import Endpoint, Lane, RequestRecord, Route
 
 

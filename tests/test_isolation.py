@@ -457,7 +457,7 @@ def test_check_config_does_not_echo_a_secret_put_in_the_wrong_place(tmp_path: An
 
 
 def test_log_redaction_keeps_variable_names_and_masks_keys() -> None:
-    from proxy.telemetry.redaction import redact
+    from proxy.redaction import redact
 
     line = redact("OKM_ADMIN_TOKEN is set but OKM_MASTER_KEY is not set; key okm_AbCd1234EfGh_"
                   "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcdefghijklm rejected")
@@ -468,7 +468,7 @@ def test_log_redaction_keeps_variable_names_and_masks_keys() -> None:
 def test_debug_logging_does_not_dump_sql_parameters() -> None:
     import logging
 
-    from proxy.telemetry.redaction import configure_logging
+    from proxy.telemetry.logs import configure_logging
 
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)

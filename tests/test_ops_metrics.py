@@ -12,9 +12,9 @@ import aiohttp
 import orjson
 import pytest
 
+from proxy.redaction import redact
 from proxy.store.keys import generate_api_key
 from proxy.telemetry.metrics import Metrics
-from proxy.telemetry.redaction import redact
 from tests.ops_support import (
     ADMIN_TOKEN,
     PEPPER,

@@ -8,7 +8,8 @@ import pytest
 
 from proxy.config import load_config
 from proxy.errors import ConfigError
-from proxy.store_url import parse_store_url, redact
+from proxy.redaction import redact_url
+from proxy.store_url import parse_store_url
 
 ENV = {"OKM_KEY_PEPPER": "pepper", "OKM_PG_PASSWORD": "pg-secret-pw"}
 
@@ -52,6 +53,6 @@ def test_bad_store_settings_name_the_field(tmp_path, store, message):
 
 
 def test_redact_masks_only_the_password():
-    assert redact("postgresql://u:p%40ss@h:5/db?sslmode=require") == "postgresql://u:***@h:5/db?sslmode=require"
-    assert redact("postgresql://u@h/db") == "postgresql://u@h/db"
+    assert redact_url("postgresql://u:p%40ss@h:5/db?sslmode=require") == "postgresql://u:***@h:5/db?sslmode=require"
+    assert redact_url("postgresql://u@h/db") == "postgresql://u@h/db"
     assert parse_store_url("postgresql://u:pw@h/db", Path("/")).display == "postgresql://u:***@h/db"

@@ -1,5 +1,5 @@
 """The access log: one JSON line per request on stdout (journald), built only from bounded,
-non-secret fields; the client-supplied model ID passes through telemetry.redaction.
+non-secret fields; the client-supplied model ID passes through proxy.redaction.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import IO
 import orjson
 
 from proxy.background import BackgroundTask
-from proxy.telemetry.redaction import redact
+from proxy.redaction import redact
 from proxy.types import RequestRecord
 
 MAX_MODEL_CHARS = 256  # the public model ID comes from the client

@@ -1,52 +1,32 @@
-"""Logging set-up and the one redaction rule every log line and error text passes through:
-credential-shaped substrings and the config's own secret values are masked.
+"""Logging set-up: one stdout handler whose formatter passes every line through the one redaction
+rule (proxy.redaction: credential-shaped substrings and the config's own secret values are masked).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from collections.abc import Iterable
 
 from aiohttp.http_exceptions import HttpProcessingError
 
-# Anything shaped like a credential is cut out of every log line and error message we write.
-# Workspace keys are matched case-sensitively: "OKM_MASTER_KEY is not set" names a variable.
-_SECRET_SHAPES = re.compile(
-    r"((?-i:okm_[0-9A-Za-z]{8,}(?:_[0-9A-Za-z]+)?)|sk-[A-Za-z0-9_\-*]{6,}|Bearer\s+[^\s\"']+|(?:api[_-]?key|token|secret|password)\"?\s*[:=]\s*\"?[^\s\",}]+)",
-    re.IGNORECASE,
-)
-
-
-MIN_KNOWN_SECRET = 8  # shorter configured values would mangle ordinary words
-
-
-def redact(text: str, known: Iterable[str] = ()) -> str:
-    """Mask credential-shaped substrings and the configured secret values; every log line passes here."""
-    for secret in known:
-        text = text.replace(secret, "[redacted]")
-    return _SECRET_SHAPES.sub("[redacted]", text)
+from proxy.redaction import redact, usable_known
 
 
 class RedactingFormatter(logging.Formatter):
     def __init__(self, fmt: str, known: Iterable[str] = ()) -> None:
         super().__init__(fmt)
-        self.known = _usable(known)
+        self.known = usable_known(known)
 
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record), self.known)
-
-
-def _usable(known: Iterable[str]) -> tuple[str, ...]:
-    return tuple(sorted({k for k in known if len(k) >= MIN_KNOWN_SECRET}, key=len, reverse=True))
 
 
 def set_known_secrets(known: Iterable[str]) -> None:
     """Tell every redacting handler the current config's secret values (at start and on reload)."""
     for handler in logging.getLogger().handlers:
         if isinstance(handler.formatter, RedactingFormatter):
-            handler.formatter.known = _usable(known)
+            handler.formatter.known = usable_known(known)
 
 
 def configure_logging(level: str, known: Iterable[str] = ()) -> None:
