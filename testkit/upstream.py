@@ -18,7 +18,7 @@ import itertools
 import os
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -121,6 +121,8 @@ class Received:
     body: Any  # parsed JSON, or None when the body was not JSON
     at: float  # time.monotonic() when it arrived
     connection: int = 0  # which TCP connection carried it (same number: a reused connection)
+    peer_port: int = 0  # the sender's port on 127.0.0.1, and ours: together they name the TCP connection
+    local_port: int = 0
 
     @property
     def bearer(self) -> str | None:
@@ -136,6 +138,9 @@ class FakeUpstream:
         self.default: Behaviour = default if default is not None else Auto()
         self.requests: list[Received] = []
         self.cancelled = 0  # handlers cut short because the gateway closed the connection
+        # Awaited with each request once recorded, before it is answered (its connection still open):
+        # a test's own look at who sent it. It must not block the event loop.
+        self.observe: Callable[[Received], Awaitable[None]] | None = None
         self._queue: deque[Behaviour] = deque()
         self._transports: set[asyncio.Transport] = set()
         self._runner: web.AppRunner | None = None
@@ -210,8 +215,12 @@ class FakeUpstream:
             body = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:
             body = None
-        self.requests.append(Received(request.method, request.path, request.headers, raw, body, time.monotonic(),
-                                      id(request.transport)))
+        peer, local = request.transport.get_extra_info("peername"), request.transport.get_extra_info("sockname")
+        received = Received(request.method, request.path, request.headers, raw, body, time.monotonic(),
+                            id(request.transport), peer[1] if peer else 0, local[1] if local else 0)
+        self.requests.append(received)
+        if self.observe is not None:
+            await self.observe(received)
         behaviour = self._queue.popleft() if self._queue else self.default
         try:
             return await self._serve(request, behaviour, body if isinstance(body, dict) else {})

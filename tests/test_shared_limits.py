@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
 from proxy.store import Store
+from testkit.upstream import FakeUpstream, Profiled
 from tests.ops_support import bearer, chat, config_data, fake_upstream, make_keys, process_gateway, write_config
 from tests.pg import fresh_schema
 
@@ -120,27 +120,13 @@ async def test_a_balance_for_10_holds_admits_at_most_10_across_two_hosts(tmp_pat
 
 
 async def test_a_pool_cooldown_learned_by_one_worker_applies_to_all(tmp_path: Path) -> None:
-    hits = {"limited": 0, "ok": 0}
+    fake = FakeUpstream("pool", Profiled())  # `/limited/v1` answers 429 with Retry-After: 30, `/ok/v1` serves
 
-    async def chat_answer(request: web.Request) -> web.Response:
-        kind = request.match_info["kind"]
-        hits[kind] += 1
-        if kind == "limited":
-            error = {"error": {"message": "slow down", "type": "rate_limit_error", "param": None, "code": "rate_limit"}}
-            return web.json_response(error, status=429, headers={"Retry-After": "30"})
-        usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
-        return web.json_response({"id": "c", "object": "chat.completion", "created": 0, "model": "fast", "usage": usage,
-                                  "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
-                                               "finish_reason": "stop"}]})
+    def limited() -> int:
+        return sum(1 for r in fake.requests if r.path.startswith("/limited/"))
 
-    upstream = web.Application()
-    upstream.router.add_post("/{kind}/v1/chat/completions", chat_answer)
-    runner = web.AppRunner(upstream)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    up = "http://{}:{}".format(*runner.addresses[0][:2])
-    try:
+    async with fake:
+        up = fake.root
         data = config_data(up, workers=2)
         data["lanes"]["cheap"]["pool"] = [
             {"name": "pool-limited", "base_url": f"{up}/limited/v1", "api_key_env": "POOL_KEY", "models": ["fast"]},
@@ -150,10 +136,8 @@ async def test_a_pool_cooldown_learned_by_one_worker_applies_to_all(tmp_path: Pa
         async with process_gateway(write_config(tmp_path, data)) as gw:
             await gw.wait_for_line("all 2 workers ready", timeout=60)
             async with asyncio.timeout(30):
-                while hits["limited"] == 0:  # until one worker has met the 429 and cooled the account
+                while limited() == 0:  # until one worker has met the 429 and cooled the account
                     assert await _fire([gw.url], key, "cheap/fast", False, 1) == [200]
             await asyncio.sleep(1.5)  # the cool-down reaches the other worker within about a second
             assert await _fire([gw.url], key, "cheap/fast", False, 40) == [200] * 40
-    finally:
-        await runner.cleanup()
-    assert hits["limited"] == 1, hits  # the other worker never tried the cooled account
+    assert limited() == 1, [r.path for r in fake.requests]  # the other worker never tried the cooled account

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
+from testkit import payloads
+from testkit.upstream import Auto, Behaviour, FakeUpstream, Received, Reply
 from tests.ops_support import config_data, make_keys, process_gateway, write_config
 from tests.pg import fresh_schema
 from tests.test_shared_limits import _fire
@@ -52,61 +53,49 @@ def _owner(inodes: set[str], pids: list[int]) -> int | None:
     return None
 
 
+MODES: dict[str, Behaviour] = {
+    "ok": Auto(),
+    "500": Reply(500, payloads.openai_error("boom", "server_error")),
+    "401": Reply(401, payloads.openai_error("bad key", code="invalid_api_key")),
+    "timeout": Reply(delay_s=5),  # past first_byte_timeout_s
+}
+
+
 @dataclass
 class Upstream:
     """Two pool accounts: `flaky` (behaviour chosen by `mode`) and `steady` (always answers)."""
 
-    mode: str = "ok"  # "500", "timeout", "401" or "ok"
+    flaky: FakeUpstream
+    steady: FakeUpstream
     pids: list[int] = field(default_factory=list)  # the gateway processes that may call it
     hits: list[int | None] = field(default_factory=list)  # the sender of each request to `flaky`
-    url: str = ""
     owners: dict[int, int | None] = field(default_factory=dict)  # gateway-side port → pid (keep-alive reuses)
 
-    async def sender(self, request: web.Request) -> int | None:
-        assert request.transport is not None
-        peer, port = request.transport.get_extra_info("peername")[1], request.transport.get_extra_info("sockname")[1]
+    def set_mode(self, name: str) -> None:
+        self.flaky.default = MODES[name]
+
+    async def sender(self, request: Received) -> None:
+        peer, port = request.peer_port, request.local_port
         if self.owners.get(peer) is None:  # off the loop: the other account must keep answering at once
             self.owners[peer] = await asyncio.to_thread(lambda: _owner(_socket_inodes(peer, port), self.pids))
-        return self.owners[peer]
-
-    async def chat(self, request: web.Request) -> web.StreamResponse:
-        if request.match_info["kind"] == "flaky":
-            self.hits.append(await self.sender(request))
-            if self.mode == "500":
-                return web.json_response({"error": {"message": "boom", "type": "server_error"}}, status=500)
-            if self.mode == "401":
-                return web.json_response({"error": {"message": "bad key", "type": "invalid_request_error",
-                                                     "code": "invalid_api_key"}}, status=401)
-            if self.mode == "timeout":
-                await asyncio.sleep(5)  # past first_byte_timeout_s
-        usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
-        return web.json_response({"id": "c", "object": "chat.completion", "created": 0, "model": "fast", "usage": usage,
-                                  "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
-                                               "finish_reason": "stop"}]})
+        self.hits.append(self.owners[peer])
 
 
 @contextlib.asynccontextmanager
 async def _upstream() -> AsyncIterator[Upstream]:
-    up = Upstream()
-    app = web.Application()
-    app.router.add_post("/{kind}/v1/chat/completions", up.chat)
-    runner = web.AppRunner(app, handler_cancellation=True)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    up.url = "http://{}:{}".format(*runner.addresses[0][:2])
-    try:
+    async with FakeUpstream("pool-flaky") as flaky, FakeUpstream("pool-steady") as steady:
+        up = Upstream(flaky, steady)
+        flaky.observe = up.sender
         yield up
-    finally:
-        await runner.cleanup()
 
 
 def _config(up: Upstream, **sections: Any) -> dict[str, Any]:
-    data = config_data(up.url, **sections)
+    data = config_data(up.steady.root, **sections)
     data["limits"] = {**data["limits"], "first_byte_timeout_s": 2}
     data["pool"] = {"eject_base_s": EJECT_S, "max_ejected_share": 0.5}
     data["lanes"]["cheap"]["pool"] = [
-        {"name": "pool-flaky", "base_url": f"{up.url}/flaky/v1", "api_key_env": "POOL_KEY", "models": ["fast"]},
-        {"name": "pool-steady", "base_url": f"{up.url}/steady/v1", "api_key_env": "POOL_KEY", "models": ["fast"]},
+        {"name": "pool-flaky", "base_url": up.flaky.url, "api_key_env": "POOL_KEY", "models": ["fast"]},
+        {"name": "pool-steady", "base_url": up.steady.url, "api_key_env": "POOL_KEY", "models": ["fast"]},
     ]
     return data
 
@@ -141,7 +130,7 @@ async def _two_hosts(tmp_path: Path, up: Upstream) -> AsyncIterator[Gateways]:
 
 
 async def _check(gw: Gateways, up: Upstream, mode: str) -> None:
-    up.mode = mode
+    up.set_mode(mode)
     async with asyncio.timeout(60):
         while not up.hits:  # until one process has met the failure (the client still gets 200: failover)
             assert await _fire(gw.urls, gw.key, "cheap/fast", False, 1) == [200]
@@ -151,7 +140,7 @@ async def _check(gw: Gateways, up: Upstream, mode: str) -> None:
     assert await _fire(gw.urls, gw.key, "cheap/fast", False, 40) == [200] * 40  # over every process
     assert up.hits == [learner], up.hits  # no other process tried the account again
     assert time.monotonic() - learned_at < EJECT_S, "the burst outlived the ejection: the check proves nothing"
-    up.mode = "ok"
+    up.set_mode("ok")
     if mode == "401":  # out until a reload builds a new pool
         for process in gw.processes:
             process.signal(signal.SIGHUP)

@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 
 from proxy.supervisor import RELOAD_WAIT_S
+from testkit.gateway import GatewayProcess
 from tests.ops_support import (
-    GatewayProcess,
     bearer,
     chat,
     config_data,
