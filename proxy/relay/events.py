@@ -46,6 +46,7 @@ class StreamRelay:
         self.terminal_at = -1  # where the terminal event starts in the bytes the last feed() returned, if there
         self.error: dict[str, Any] | None = None  # an upstream in-band error event, if one came
         self.data_events = 0
+        self._plain = not responses and not end_types  # chat streams: plain chunks may skip the event path
 
     def feed(self, chunk: bytes) -> bytes:
         """Return the bytes of every event completed by `chunk` that the client should get.
@@ -61,7 +62,7 @@ class StreamRelay:
             self.first_event_bytes = chunk.find(b"\n\n") + 2 if b"\n\n" in chunk else 0
         if not self.finished and b'"finish_reason"' in chunk:
             self.finished = _FINISH.search(chunk) is not None
-        if not self.responses and not self.end_types and self.decoder.idle and chunk.startswith(b"data: "):
+        if self._plain and self.decoder.idle and chunk.startswith(b"data: "):
             cut = self._plain_prefix(chunk)
             if cut == len(chunk):
                 return chunk
@@ -87,6 +88,12 @@ class StreamRelay:
         decoder is between events.
         """
         special = _first_special(chunk)
+        if special < 0 and chunk.endswith(b"}\n\n") and chunk.find(b"\n") == len(chunk) - 2 \
+                and chunk.startswith(b"data: {") and len(chunk) <= self.decoder.max_bytes:
+            # the common chunk: exactly one `data: {…}` event (one line, then the blank line)
+            self.decoder.skip_bom_check()
+            self.data_events += 1
+            return len(chunk)
         end = chunk.rfind(b"\n\n", 0, len(chunk) if special < 0 else special) + 2
         if end < 2 or end > self.decoder.max_bytes:
             return 0
@@ -194,10 +201,18 @@ def inband_error(message: str, code: str, *, responses: bool, sequence_number: i
 
 def _first_special(chunk: bytes) -> int:
     """Offset of the first thing only the per-event path handles (a CR, an error, a usage
-    object), or -1. Three separate scans: one regex alternation of them is ~6x slower."""
-    usage = _USAGE_OBJECT.search(chunk)
-    found = [i for i in (chunk.find(b"\r"), chunk.find(b'"error"'), usage.start() if usage else -1) if i >= 0]
-    return min(found) if found else -1
+    object), or -1. Separate literal scans (one regex alternation of them is ~6x slower); the
+    usage regex runs only from a `"usage"` key on (`"usage":null` is no usage object)."""
+    first = chunk.find(b"\r")
+    error = chunk.find(b'"error"')
+    if error >= 0 and (first < 0 or error < first):
+        first = error
+    usage = chunk.find(b'"usage"')
+    if usage >= 0 and (first < 0 or usage < first):
+        found = _USAGE_OBJECT.search(chunk, usage, first if first >= 0 else len(chunk))
+        if found is not None:
+            first = found.start()
+    return first
 
 
 class ClientStalled(Exception):
@@ -219,11 +234,15 @@ class ClientWriter:
         self._high = transport.get_write_buffer_limits()[1] if transport is not None else 0
         self._timeout_s = timeout_s
 
-    async def write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> Awaitable[None]:
+        """The response's own write when it cannot fill the send buffer (no extra coroutine), else
+        the same write under the stall bound."""
         transport = self._transport
         if transport is None or transport.get_write_buffer_size() + len(data) <= self._high:
-            await self._response.write(data)
-            return
+            return self._response.write(data)
+        return self._bounded(data)
+
+    async def _bounded(self, data: bytes) -> None:
         try:
             async with asyncio.timeout(self._timeout_s):
                 await self._response.write(data)
@@ -240,10 +259,9 @@ async def pump(chunks: AsyncIterator[bytes], relay: StreamRelay, client: ClientW
     events before it go out first, then `before_terminal` runs (the request's final usage row
     is committed), then the terminal event's own bytes.
     """
-    while not relay.terminal:
-        chunk = await anext(chunks, None)
-        if chunk is None:
-            return
+    if relay.terminal:
+        return
+    async for chunk in chunks:
         data = relay.feed(chunk)
         if before_terminal is not None and relay.terminal_at >= 0:
             cut = relay.terminal_at
@@ -253,9 +271,11 @@ async def pump(chunks: AsyncIterator[bytes], relay: StreamRelay, client: ClientW
             data = data[cut:]
         if data:
             await client.write(data)
+        if relay.terminal:
+            return
 
 
-async def finish_tail(chunks: AsyncIterator[bytes], relay: StreamRelay, client: ClientWriter) -> None:
+async def finish_tail(reply: Reply, chunks: AsyncIterator[bytes], relay: StreamRelay, client: ClientWriter) -> None:
     """After the terminal event: give the end of the upstream body TAIL_GRACE_S to arrive, so the
     connection can be reused (releasing a reply whose body has not ended closes it). Anything that trails (e.g. the LF of a CRLF whose CR
     ended the last event) still goes to the client while it is there.
@@ -263,7 +283,20 @@ async def finish_tail(chunks: AsyncIterator[bytes], relay: StreamRelay, client: 
     The client may leave meanwhile (Codex closes at `response.completed`): that neither cuts the
     wait short nor fails the stream. Its cancellation is held until the wait is over, then
     re-raised. The read runs in its own task so that a cancellation does not end the iterator.
+    When the body has already arrived whole (the usual case: the upstream sends its end with the
+    terminal event), what is left is read at once, without that task or a timer.
     """
+    if reply.ended:
+        writing = True
+        with contextlib.suppress(StreamBroken, sse.EventTooLarge):
+            async for chunk in chunks:  # nothing here waits for the upstream
+                data = relay.feed(chunk)
+                if data and writing:
+                    try:
+                        await client.write(data)
+                    except (ConnectionError, ClientStalled):
+                        writing = False
+        return
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     end = loop.time() + TAIL_GRACE_S
@@ -281,12 +314,12 @@ async def finish_tail(chunks: AsyncIterator[bytes], relay: StreamRelay, client: 
             if not done:
                 return
             try:
-                chunk = reader.result()
+                got = reader.result()
             except (StreamBroken, sse.EventTooLarge):
                 return
-            if chunk is None:
+            if got is None:
                 return
-            data = relay.feed(chunk)
+            data = relay.feed(got)
             if data and writing:
                 try:
                     await client.write(data)

@@ -44,6 +44,10 @@ class MockReply:
     def content_type(self) -> str:
         return self.headers["Content-Type"]
 
+    @property
+    def ended(self) -> bool:
+        return not self._delay_s  # its parts follow each other without a pause
+
     async def read(self, limit: int) -> bytes:
         return b"".join(self._parts)
 

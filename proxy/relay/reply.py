@@ -41,6 +41,11 @@ class Reply(Protocol):
         """The whole body; StreamBroken past `limit` bytes or when the connection breaks."""
         ...
 
+    @property
+    def ended(self) -> bool:
+        """The whole body has arrived: reading what is left of it will not wait."""
+        ...
+
     def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives; StreamBroken when the connection breaks or idles."""
         ...

@@ -82,7 +82,7 @@ async def stream_answer(request: web.Request, answer: Answer, headers: Mapping[s
             record_end(record, metrics, End.UPSTREAM_ERROR_EVENT if relay.error is not None else End.COMPLETE)
             record.delivered = relay.terminal  # whatever the client does from now on
             if relay.terminal:
-                await finish_tail(chunks, relay, client)
+                await finish_tail(reply, chunks, relay, client)
         except (StreamBroken, EventTooLarge) as exc:
             await _upstream_broke(response, relay, record, exc, metrics)
         except StreamCut as exc:

@@ -54,6 +54,10 @@ class HttpReply:
     def content_type(self) -> str:
         return media_type(self.headers)
 
+    @property
+    def ended(self) -> bool:
+        return self._resp.content.is_eof()
+
     # One timer per reply that re-arms itself, instead of a timer per chunk: the hot path only
     # stores the time of the last read.
     def _arm(self) -> None:
@@ -103,13 +107,15 @@ class HttpReply:
         self._seen = self._resp.content.total_bytes
         if not self._resp.content.is_eof():  # a body already complete needs no idle timer
             self._arm()
+        content = self._resp.content
+        read = content.readany  # what iter_any() calls, without its iterator in between
         try:
-            async for chunk in self._resp.content.iter_any():
+            while chunk := await read():
                 self._away = True
                 yield chunk
                 self._away = False
                 self._last_read = self._loop.time()  # the wait for the next chunk starts when we ask for it
-                self._seen = self._resp.content.total_bytes
+                self._seen = content.total_bytes
         except IdleTimeout as exc:
             raise StreamBroken(f"upstream sent nothing for {self._idle_s:g}s", timeout=True) from exc
         except (aiohttp.ClientError, ConnectionError) as exc:
