@@ -434,6 +434,11 @@ from proxy.relay.events import StreamRelay  # noqa: E402  # reason: grouped with
 _PLAIN = b'data: {"choices":[{"delta":{"content":"hi"}}],"usage":null}\n\n'
 
 
+class _EventPathOnly(StreamRelay):
+    def _plain_prefix(self, chunk: bytes) -> int:
+        return 0  # force the event path
+
+
 @pytest.mark.parametrize(
     "chunks",
     [
@@ -455,13 +460,17 @@ _PLAIN = b'data: {"choices":[{"delta":{"content":"hi"}}],"usage":null}\n\n'
         [b"event: data: {x}\n\n" + _PLAIN],  # an event: line that merely contains "data: {"
         [_PLAIN + b'data: {"message":\nevent: error\ndata: "boom"}\n\n'],  # multi-line: an error event
         [_PLAIN + b": data: [DONE]\n\n" + _PLAIN],  # a comment that looks like [DONE]
+        # one event a chunk (the common read): a usage object, an error, a finish, a second line
+        [_PLAIN, b'data: {"choices":[],"usage": {"prompt_tokens":1,"completion_tokens":2}}\n\n', _PLAIN],
+        [_PLAIN, b'data: {"error": "boom"}\n\n'],
+        [_PLAIN, b'data: {"choices":[{"finish_reason":"stop"}],"usage":null}\n\n', b"data: [DONE]\n\n"],
+        [_PLAIN, b'data: {"a":1}\ndata: {"b":2}\n\n', b'event: x\ndata: {"c":3}\n\n', b'data: {"d":4}\r\n\r\n'],
     ],
 )
 @pytest.mark.parametrize("mask", [None, ("acct-name",)])
 def test_relay_fast_path_matches_event_path(chunks, mask):
     fast = StreamRelay(1 << 20, responses=False, hide_usage_chunk=True, mask=mask)
-    slow = StreamRelay(1 << 20, responses=False, hide_usage_chunk=True, mask=mask)
-    slow._plain_prefix = lambda chunk: 0  # type: ignore[method-assign]  # reason: force the event path
+    slow = _EventPathOnly(1 << 20, responses=False, hide_usage_chunk=True, mask=mask)
     out_fast = b"".join(fast.feed(c) for c in chunks)
     out_slow = b"".join(slow.feed(c) for c in chunks)
     assert out_fast == out_slow
@@ -500,9 +509,7 @@ _USAGE_CHUNK = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_toke
 def test_relay_marks_where_the_terminal_event_starts(chunks: list[bytes], fast: bool) -> None:
     """The writer commits the charge between the two parts: they must be the stream's own bytes, split
     exactly before the terminal event, on the fast path and the event path alike."""
-    relay = StreamRelay(1 << 20, responses=False, hide_usage_chunk=True)
-    if not fast:
-        relay._plain_prefix = lambda chunk: 0  # type: ignore[method-assign]  # reason: force the event path
+    relay = (StreamRelay if fast else _EventPathOnly)(1 << 20, responses=False, hide_usage_chunk=True)
     before, after = _terminal_split(relay, chunks)
     assert after.replace(b"\r", b"") == b"data: [DONE]\n\n"
     assert before + after == b"".join(chunks).replace(_USAGE_CHUNK, b"")  # the hidden usage chunk only is dropped

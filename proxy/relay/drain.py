@@ -39,6 +39,13 @@ class Drain:
                 scope.reschedule(now)
         return len(self._scopes)
 
+    def enter(self, scope: asyncio.Timeout) -> None:
+        """A stream's own timeout scope (stream_watch.StreamScope) is cut with the others."""
+        self._scopes.add(scope)
+
+    def leave(self, scope: asyncio.Timeout) -> None:
+        self._scopes.discard(scope)
+
     @contextlib.asynccontextmanager
     async def watch(self) -> AsyncIterator[None]:
         """Run a stream's relay; raises DrainDeadline in the caller if the drain cuts it."""

@@ -29,6 +29,10 @@ _RESPONSES_ERROR_FIELDS = ("type", "code", "message", "param", "sequence_number"
 
 
 class StreamRelay:
+    __slots__ = ("_plain", "_replacement", "data_bytes", "data_events", "decoder", "end_types", "error", "finished",
+                 "first_event_bytes", "hide_usage_chunk", "malformed", "mask", "responses", "terminal", "terminal_at",
+                 "usage")
+
     def __init__(self, max_event_bytes: int, *, responses: bool, hide_usage_chunk: bool,
                  mask: tuple[str, ...] | None = None, end_types: frozenset[str] = frozenset()) -> None:
         self.decoder = sse.Decoder(max_event_bytes)

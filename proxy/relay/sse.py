@@ -66,6 +66,9 @@ _STRAY_LF = Event(b"\n")
 class Decoder:
     """Feed it chunks as they arrive; get back only complete events. Like httpx's LineDecoder."""
 
+    __slots__ = ("_buf", "_data", "_event", "_id", "_line_start", "_max", "_search_from", "_skip_lf", "_started",
+                 "max_bytes")
+
     def __init__(self, max_event_bytes: int = 8 * 1024 * 1024) -> None:
         self._max = self.max_bytes = max_event_bytes
         self._reset()

@@ -5,10 +5,8 @@ here becomes one in-band error event and the stream is closed without `[DONE]`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager
 
 from aiohttp import web
 
@@ -19,7 +17,7 @@ from proxy.relay.events import ClientStalled, ClientWriter, StreamRelay, collect
 from proxy.relay.outgoing import GuardedStreamResponse
 from proxy.relay.reply import StreamBroken
 from proxy.relay.sse import EventTooLarge
-from proxy.relay.stream_watch import STREAM_WATCH, StreamCut
+from proxy.relay.stream_watch import STREAM_WATCH, StreamCut, StreamScope
 from proxy.telemetry.metrics import Metrics
 from proxy.telemetry.outcome import End, record_end
 from proxy.types import Outcome, RequestRecord
@@ -74,7 +72,7 @@ async def stream_answer(request: web.Request, answer: Answer, headers: Mapping[s
         try:
             stall_s = request.app[appkeys.STATE].runtime.config.limits.client_stall_timeout_s
             client = ClientWriter(response, request.transport, stall_s)
-            async with request.app[appkeys.DRAIN].watch(), _watch(request, record, answer):
+            async with _scope(request, record, answer):
                 await pump(chunks, relay, client, before_terminal)
             if not relay.terminal and relay.error is None:  # an upstream in-band error already ended it
                 raise StreamBroken("the upstream closed the stream before it was complete")
@@ -120,12 +118,11 @@ async def stream_answer(request: web.Request, answer: Answer, headers: Mapping[s
         record.usage = relay.final_usage(prompt_bytes)
 
 
-def _watch(request: web.Request, record: RequestRecord, answer: Answer) -> AbstractAsyncContextManager[None]:
-    principal = record.principal
-    max_s = request.app[appkeys.STATE].runtime.config.limits.max_stream_s
-    if principal is None:
-        return contextlib.nullcontext()
-    return request.app[STREAM_WATCH].watch(principal, answer.target.byok_provider, max_s)
+def _scope(request: web.Request, record: RequestRecord, answer: Answer) -> StreamScope:
+    """The drain deadline, `limits.max_stream_s` and the caller's right to the stream, in one timer."""
+    app = request.app
+    return StreamScope(app[appkeys.DRAIN], app[STREAM_WATCH], record.principal, answer.target.byok_provider,
+                       app[appkeys.STATE].runtime.config.limits.max_stream_s)
 
 
 async def _upstream_broke(response: web.StreamResponse, relay: StreamRelay, record: RequestRecord,
@@ -180,7 +177,7 @@ async def relay_bytes(request: web.Request, answer: Answer, headers: Mapping[str
         stall_s = request.app[appkeys.STATE].runtime.config.limits.client_stall_timeout_s
         client = ClientWriter(response, request.transport, stall_s)
         try:
-            async with request.app[appkeys.DRAIN].watch(), _watch(request, record, answer):
+            async with _scope(request, record, answer):
                 async for chunk in reply.chunks():
                     await client.write(chunk)
         except (StreamBroken, DrainDeadline, StreamCut) as exc:
