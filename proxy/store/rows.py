@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 USAGE_IN_FLIGHT = "in_flight"  # usage outcome of an admitted, unfinished request
 
@@ -115,8 +116,11 @@ class ByokKey:
     updated_at: float
 
 
-@dataclass(frozen=True, slots=True)
-class UsageRow:
+class UsageRow(NamedTuple):
+    """One usage row, fields in the table's column order. A named tuple, not a frozen dataclass:
+    two are built per request (admission, final), and a 26-field frozen dataclass cost ~7 us each
+    (one object.__setattr__ per field) against ~1 us for the tuple."""
+
     request_id: str
     started_at: float
     workspace_id: int | None
