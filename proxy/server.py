@@ -116,6 +116,7 @@ async def _serve(config: Config) -> None:
         if refresher is not None:
             await _cancel(refresher)
         await runner.cleanup()  # closes what is left, then the app's cleanup contexts flush usage
+        app[appkeys.METRICS].flush()  # a worker's last counts reach its multiprocess files
         if metrics_runner is not None:
             await metrics_runner.cleanup()
     log.info("stopped")

@@ -134,7 +134,7 @@ async def failover(app: web.Application, runtime: Runtime, lane: SealedLane, rou
             lane.end(target)
             raise
         lane.report(target, AttemptResult.SUCCESS, None)
-        metrics.child(metrics.attempts, route.lane, target.name, AttemptResult.SUCCESS).inc()
+        metrics.add(metrics.attempts, route.lane, target.name, AttemptResult.SUCCESS)
         return answer
     if failures and loop.time() >= deadline:
         raise errors.UpstreamTimeoutError(f"no upstream answered {route.public_model} in time")

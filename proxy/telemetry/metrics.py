@@ -2,11 +2,19 @@
 
 Labels hold lanes, endpoints, status codes, configured upstream names and reasons — never a
 key, a workspace, a prompt or a model string from a client.
+
+The per-request families (requests, durations, time to first byte, tokens, cost, successful
+attempts) are counted on the hot path as plain numbers (`add`, `observe_request`) and flushed
+into the prometheus-client objects by `flush()`: before every render, every second under a
+supervisor (where each worker's multiprocess files are what a scrape sums) and when a worker
+stops. Names, labels, help text and types are those declared here; only when the numbers reach
+the objects changes.
 """
 
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -76,6 +84,8 @@ class Metrics:
         self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")  # set by the supervisor for its workers
         self._scrape_hooks: list[Callable[[], None]] = []
         self._children: dict[tuple[object, ...], Any] = {}  # see child()
+        self._pending: dict[tuple[Any, ...], float] = {}  # (family, *labels) -> amount not yet flushed
+        self._observed: dict[tuple[Any, ...], _Observed] = {}  # (family, *labels) -> a histogram child's buffer
 
     def on_scrape(self, hook: Callable[[], None]) -> None:
         """Run `hook` before each render, so gauges read from live state (pool health) are current."""
@@ -89,27 +99,49 @@ class Metrics:
             found = self._children[key] = family.labels(*labels)
         return found
 
+    def add(self, family: Any, *labels: object, amount: float = 1) -> None:
+        """`family.labels(*labels).inc(amount)`, as a plain number until the next flush()."""
+        key = (family, *labels)
+        pending = self._pending
+        pending[key] = pending.get(key, 0) + amount
+
+    def _histogram(self, family: Any, *labels: str) -> _Observed:
+        key = (family, *labels)
+        found = self._observed.get(key)
+        if found is None:
+            found = self._observed[key] = _Observed(self.child(family, *labels))
+        return found
+
     def observe_request(self, record: RequestRecord) -> None:
         """Everything a finished request adds: count, duration, time to first byte, tokens."""
         lane = record.route.lane.value if record.route else "none"
         endpoint = record.endpoint.value
-        self.child(self.requests, lane, endpoint, str(record.status)).inc()
-        self.child(self.duration, lane, endpoint).observe(record.duration_s or 0.0)
+        self.add(self.requests, lane, endpoint, record.status)
+        self._histogram(self.duration, lane, endpoint).observe(record.duration_s or 0.0)
         if record.ttfb_s is not None:
-            self.child(self.ttfb, lane, endpoint).observe(record.ttfb_s)
+            self._histogram(self.ttfb, lane, endpoint).observe(record.ttfb_s)
         usage = record.usage
         if usage.prompt_tokens > 0:
-            self.child(self.tokens, lane, "prompt").inc(usage.prompt_tokens)
+            self.add(self.tokens, lane, "prompt", amount=usage.prompt_tokens)
         if usage.completion_tokens > 0:
-            self.child(self.tokens, lane, "completion").inc(usage.completion_tokens)
+            self.add(self.tokens, lane, "completion", amount=usage.completion_tokens)
         if usage.cached_input_tokens > 0:
-            self.child(self.tokens, lane, "cached_input").inc(usage.cached_input_tokens)
+            self.add(self.tokens, lane, "cached_input", amount=usage.cached_input_tokens)
         if usage.reasoning_tokens > 0:
-            self.child(self.tokens, lane, "reasoning").inc(usage.reasoning_tokens)
+            self.add(self.tokens, lane, "reasoning", amount=usage.reasoning_tokens)
         if record.cost_micros > 0:
-            self.child(self.cost, lane).inc(record.cost_micros)
+            self.add(self.cost, lane, amount=record.cost_micros)
+
+    def flush(self) -> None:
+        """Move the plain counts into the prometheus-client objects (their multiprocess files)."""
+        pending, self._pending = self._pending, {}
+        for (family, *labels), amount in pending.items():
+            self.child(family, *(str(label) for label in labels)).inc(amount)
+        for observed in self._observed.values():
+            observed.flush()
 
     def refresh(self) -> None:
+        self.flush()
         for hook in self._scrape_hooks:
             hook()
 
@@ -121,6 +153,33 @@ class Metrics:
         registry = CollectorRegistry()
         registry.register(_Declared(self.registry, MultiProcessCollector(None, self.multiprocess_dir)))
         return generate_latest(registry)
+
+
+class _Observed:
+    """Observations of one histogram child not yet flushed into it: the same buckets (`le`:
+    the first upper bound >= the value, as Histogram.observe), counted as plain numbers."""
+
+    __slots__ = ("_bounds", "_child", "_counts", "_sum")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self._bounds = tuple(child._upper_bounds)  # reason: prometheus-client keeps them private; tests/test_metrics_flush.py pins it
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        self._counts[bisect_left(self._bounds, amount)] += 1
+        self._sum += amount
+
+    def flush(self) -> None:
+        counts, total = self._counts, self._sum
+        if not any(counts):
+            return
+        self._counts, self._sum = [0] * len(self._bounds), 0.0
+        self._child._sum.inc(total)
+        for bucket, count in zip(self._child._buckets, counts, strict=True):
+            if count:
+                bucket.inc(count)
 
 
 class _Declared(Collector):
