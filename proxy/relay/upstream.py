@@ -32,6 +32,7 @@ class IdleTimeout(Exception):
     """Set on a reply's stream by the idle watchdog."""
 
 
+MAX_PLANS = 4096  # prepared (target, endpoint, content type) plans kept; see UpstreamClient._plan
 LOOP_LAG_S = 0.25  # a timer this late means the event loop itself was blocked, not the upstream
 
 
@@ -145,6 +146,7 @@ class UpstreamClient:
         self.mock = MockProvider()
         self._session: aiohttp.ClientSession | None = None
         self._urls: dict[tuple[str, Endpoint], URL] = {}
+        self._plans: dict[tuple[int, Endpoint, str], tuple[UpstreamTarget, URL, dict[str, str]]] = {}
 
     async def open(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -168,6 +170,25 @@ class UpstreamClient:
             url = self._urls[key] = URL(f"{base_url}/{endpoint.value}")
         return url
 
+    def _plan(self, target: UpstreamTarget, endpoint: Endpoint, content_type: str) -> tuple[URL, dict[str, str]]:
+        """The URL and the gateway's own headers for a target, built once per configured target
+        (a reload makes new target objects, so new plans); per request only the client's allowed
+        headers are added. BYOK targets carry one workspace's key and are made per request: not kept."""
+        key = (id(target), endpoint, content_type)
+        found = self._plans.get(key)
+        if found is not None and found[0] is target:
+            return found[1], found[2]
+        headers: dict[str, str] = {hdrs.CONTENT_TYPE: content_type}
+        if target.api_key is not None:
+            headers[hdrs.AUTHORIZATION] = "Bearer " + target.api_key.reveal()
+        headers[hdrs.ACCEPT_ENCODING] = "identity"  # see open(): encoded answers are refused, never inflated
+        url = self._url(target.base_url, endpoint)
+        if target.byok_provider is None:
+            if len(self._plans) >= MAX_PLANS:  # reloads leave old targets behind: start over
+                self._plans.clear()
+            self._plans[key] = (target, url, headers)
+        return url, headers
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
@@ -182,12 +203,9 @@ class UpstreamClient:
         if target.kind == "mock":
             return self.mock.reply(target, endpoint, body, stream, content_type)
         assert self._session is not None, "UpstreamClient.open() was not called"
+        url, prepared = self._plan(target, endpoint, content_type)
         out = dict(headers)
-        out[hdrs.CONTENT_TYPE] = content_type
-        if target.api_key is not None:
-            out[hdrs.AUTHORIZATION] = "Bearer " + target.api_key.reveal()
-        out[hdrs.ACCEPT_ENCODING] = "identity"  # see open(): encoded answers are refused, never inflated
-        url = self._url(target.base_url, endpoint)
+        out.update(prepared)
         try:
             if deadline is None:
                 deadline = asyncio.get_running_loop().time() + self.limits.first_byte_timeout_s
