@@ -51,8 +51,7 @@ def build_app(config: Config, metrics: Metrics | None = None) -> web.Application
     app[appkeys.METRICS] = metrics or Metrics()
     app[appkeys.LIMITER], app[appkeys.DRAIN] = Limiter(), Drain()
     app[appkeys.METRICS].on_scrape(LiveMetrics(app))
-    app.on_response_prepare.append(close_when_draining)
-    app.on_response_prepare.append(mask_outgoing)
+    app.on_response_prepare.append(before_answer)
     app[appkeys.UPSTREAM] = UpstreamClient(config.limits)
     app[appkeys.ACCESS_LOG] = AccessLog()
     app[holds.OWNER] = new_instance_id()  # random per start: the owner of this process's rows and holds
@@ -69,6 +68,13 @@ def build_app(config: Config, metrics: Metrics | None = None) -> web.Application
     if config.metrics_listen is None:
         app.router.add_get("/metrics", metrics_handler(app[appkeys.METRICS]))
     return app
+
+
+async def before_answer(request: web.Request, response: web.StreamResponse) -> None:
+    """The one on_response_prepare hook (one coroutine per answer, not one per concern):
+    `Connection: close` while draining, then operator secrets masked in what goes out."""
+    close_when_draining(request, response)
+    mask_outgoing(request, response)
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -28,8 +28,8 @@ def admit(app: web.Application) -> Limiter:
     return limiter
 
 
-async def close_when_draining(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare hook: during a drain every answer (errors included) ends its connection,
+def close_when_draining(request: web.Request, response: web.StreamResponse) -> None:
+    """Part of the app's on_response_prepare hook (app.before_answer): during a drain every answer (errors included) ends its connection,
     so the client's next request opens a new one, to a listener that is still open."""
     if request.config_dict[appkeys.DRAIN].phase >= Phase.DRAINING:  # config_dict: sub-apps (the console) too
         response.force_close()

@@ -16,7 +16,15 @@ from aiohttp import web
 from proxy import appkeys, errors
 from proxy.billing.holds import take_hold
 from proxy.http.client_request import read_client_request, upstream_request
-from proxy.http.limits import Ticket, admit_stream, release_shared, shared_request, shared_stream, workspace_admission
+from proxy.http.limits import (
+    Ticket,
+    admit_stream,
+    release_shared,
+    release_workspace,
+    shared_request,
+    shared_stream,
+    workspace_admission,
+)
 from proxy.http.middleware import settle
 from proxy.lanes import scrub
 from proxy.lanes.lane import SealedLane
@@ -34,12 +42,13 @@ async def proxy_request(request: web.Request, endpoint: Endpoint) -> web.StreamR
     record = request[appkeys.RECORD]
     record.principal = principal = await app[appkeys.AUTH].authenticate(request)
     # 429 before the body is read: slow, big and bad bodies cost their workspace
-    with workspace_admission(app, principal) as ticket:
-        try:
-            await shared_request(app, ticket)
-            return await _admitted(request, endpoint, ticket)
-        finally:
-            release_shared(app, ticket)
+    ticket = workspace_admission(app, principal)
+    try:
+        await shared_request(app, ticket)
+        return await _admitted(request, endpoint, ticket)
+    finally:
+        release_shared(app, ticket)
+        release_workspace(app, ticket)
 
 
 async def _admitted(request: web.Request, endpoint: Endpoint, ticket: Ticket) -> web.StreamResponse:

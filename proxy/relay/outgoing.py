@@ -12,8 +12,8 @@ from proxy.lanes.secret_guard import SecretGuard
 from proxy.telemetry.metrics import Metrics
 
 
-async def mask_outgoing(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare hook: headers of every answer; the body of every complete answer."""
+def mask_outgoing(request: web.Request, response: web.StreamResponse) -> None:
+    """Part of the app's on_response_prepare hook (app.before_answer): headers of every answer; the body of every complete answer."""
     app = request.config_dict  # not request.app: sub-apps (the console) answer through here too
     response.headers[hdrs.SERVER] = SERVER  # not aiohttp's "Python/3.x aiohttp/3.y": no versions for scanners
     guard: SecretGuard = app[appkeys.STATE].runtime.guard
