@@ -16,7 +16,6 @@ from proxy.admin.api import setup_admin_routes
 from proxy.admin.billing_api import setup_billing_routes
 from proxy.billing import holds
 from proxy.config import Config
-from proxy.console.site import setup_console
 from proxy.http.admission import close_when_draining
 from proxy.http.handlers import add_routes
 from proxy.http.limits import Limiter
@@ -64,7 +63,10 @@ def build_app(config: Config, metrics: Metrics | None = None) -> web.Application
     add_routes(app)
     setup_admin_routes(app)
     setup_billing_routes(app)
-    setup_console(app)
+    if config.console.enabled:  # jinja2 and the console's pages (~2 MiB of RSS) only when it is on
+        from proxy.console.site import setup_console
+
+        setup_console(app)
     if config.metrics_listen is None:
         app.router.add_get("/metrics", metrics_handler(app[appkeys.METRICS]))
     return app

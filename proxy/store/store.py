@@ -22,7 +22,6 @@ from proxy.store.billing_store import BillingStore
 from proxy.store.console_sql import ConsoleReads
 from proxy.store.db import Database, Params, Row, Tx
 from proxy.store.migrations import Migration, load_migrations
-from proxy.store.postgres import PgDatabase
 from proxy.store.rows import (
     KEEP,
     ApiKey,
@@ -111,6 +110,8 @@ class Store(BillingStore):
         migrations = load_migrations(url.kind) if migrations is None else migrations
         db: Database
         if url.kind == POSTGRESQL:
+            from proxy.store.postgres import PgDatabase  # asyncpg (~3 MiB of RSS) only for a PostgreSQL store
+
             db = await PgDatabase.open(url, migrations)
         else:
             assert url.path is not None
