@@ -190,7 +190,8 @@ async def _reload_on_signal(app: web.Application, requested: asyncio.Event) -> N
         requested.clear()  # SIGHUPs that arrive during a reload coalesce into one more
         _notify("RELOADING=1")
         outcome = await reload_config(app)
-        _notify(f"READY=1\n{RELOAD_ANSWER}={'ok' if outcome.ok else 'refused'}")  # a supervisor waits for it
+        answer = f"\n{RELOAD_ANSWER}={'ok' if outcome.ok else 'refused'}" if WORKER_ENV in os.environ else ""
+        _notify(f"READY=1{answer}")  # a supervisor waits for the answer; systemd gets plain READY=1
 
 
 async def _drain(app: web.Application, site: web.TCPSite, signals: _Signals) -> None:
