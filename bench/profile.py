@@ -24,18 +24,21 @@ TOP = 25
 
 # Where a sample's time goes: the innermost frame matching one of these names its area.
 AREAS = (
-    ("metrics (prometheus_client)", ("prometheus_client/",)),
+    ("metrics (prometheus_client + plain counters)", ("prometheus_client/", "proxy/telemetry/metrics.py",
+                                                      "proxy/telemetry/live_metrics.py", "proxy/telemetry/outcome.py")),
     ("asyncio.timeout contexts", ("asyncio/timeouts.py",)),
-    ("access log (logging + redaction)", ("proxy/accesslog.py", "proxy/telemetry/accesslog.py", "proxy/redaction.py",
+    ("access log (logging + redaction)", ("proxy/telemetry/accesslog.py", "proxy/redaction.py",
                                           "proxy/telemetry/logs.py", "logging/")),
-    ("usage rows (build, queue, SQLite writer task)", ("proxy/usage.py", "proxy/usage_store.py", "Store.write_usage",
-                                                      "Store.transaction", "aiosqlite/")),
+    ("usage rows (build, queue, store writer task)", ("proxy/store/usage", "proxy/store/rows.py", "Store.write_usage",
+                                                     "Store.transaction", "aiosqlite/", "proxy/store/sqlite")),
+    ("billing (holds, cost)", ("proxy/billing/", "proxy/store/billing")),
     ("request id (uuid4)", ("uuid.py",)),
-    ("SSE decode + relay inspection", ("proxy/sse.py", "StreamRelay.")),
-    ("auth (key check, HMAC)", ("proxy/auth.py", "proxy/keys.py")),
-    ("body read + strict JSON parse", ("proxy/body.py", "json/")),
-    ("scrub + routing + lanes", ("proxy/scrub.py", "proxy/routing.py", "proxy/lanes.py", "proxy/pool.py")),
-    ("upstream client (aiohttp ClientSession)", ("proxy/upstream.py", "aiohttp/client", "aiohttp/connector")),
+    ("SSE decode + relay inspection", ("proxy/relay/sse.py", "proxy/relay/events.py", "StreamRelay.")),
+    ("auth (key check, HMAC)", ("proxy/workspaces/",)),
+    ("body read + strict JSON parse", ("proxy/http/body.py", "json/")),
+    ("scrub + routing + lanes", ("proxy/lanes/",)),
+    ("upstream client (aiohttp ClientSession)", ("proxy/relay/upstream.py", "proxy/relay/outgoing.py",
+                                                 "aiohttp/client", "aiohttp/connector")),
     ("gateway glue (pipeline, middleware, attempt, streaming)", ("proxy/",)),
 )
 _IO_LEAF = ("asyncio/selector_events.py", "selectors.py")

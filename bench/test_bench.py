@@ -50,8 +50,11 @@ def test_parser_handles_keep_alive_responses_back_to_back() -> None:
 @pytest.mark.parametrize(
     ("frames", "area"),
     [
-        (["serve (proxy/server.py:1)", "labels (prometheus_client/metrics.py:2)"], "metrics (prometheus_client)"),
-        (["serve (proxy/server.py:1)", "redact (proxy/accesslog.py:3)"], "access log (logging + redaction)"),
+        (["serve (proxy/server.py:1)", "labels (prometheus_client/metrics.py:2)"], "metrics (prometheus_client + plain counters)"),
+        (["serve (proxy/server.py:1)", "redact (proxy/redaction.py:3)"], "access log (logging + redaction)"),
+        (["serve (proxy/server.py:1)", "take_hold (proxy/billing/holds.py:3)"], "billing (holds, cost)"),
+        (["serve (proxy/server.py:1)", "check (proxy/workspaces/auth.py:3)"], "auth (key check, HMAC)"),
+        (["serve (proxy/server.py:1)", "feed (proxy/relay/sse.py:3)"], "SSE decode + relay inspection"),
         (["serve (proxy/server.py:1)", "pump (proxy/relay.py:4)", "write (asyncio/selector_events.py:5)"],
          "socket I/O + epoll (send/recv syscalls)"),
         (["serve (proxy/server.py:1)", "start (aiohttp/web_protocol.py:6)"],
