@@ -7,6 +7,7 @@ second, read-only connection (WAL lets both run at once). A busy file waits BUSY
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
@@ -180,7 +181,10 @@ class SqliteDatabase:
                 await self._writer.execute("COMMIT")
             except BaseException as exc:
                 if self._writer.in_transaction:
-                    await self._writer.execute("ROLLBACK")
+                    # A task cancelled while its COMMIT is queued on the writer's thread: that COMMIT
+                    # still runs first, so this ROLLBACK may find no transaction. The original error wins.
+                    with contextlib.suppress(sqlite3.Error, ValueError):
+                        await self._writer.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.Error):
                     raise StoreUnavailable(f"cannot write to the store: {exc}") from exc
                 raise
