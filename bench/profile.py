@@ -37,8 +37,8 @@ AREAS = (
     ("auth (key check, HMAC)", ("proxy/workspaces/",)),
     ("body read + strict JSON parse", ("proxy/http/body.py", "json/")),
     ("scrub + routing + lanes", ("proxy/lanes/",)),
-    ("upstream client (aiohttp ClientSession)", ("proxy/relay/upstream.py", "proxy/relay/outgoing.py",
-                                                 "aiohttp/client", "aiohttp/connector")),
+    ("upstream client (HTTP/1.1 pool, framing)", ("proxy/relay/upstream.py", "proxy/relay/http_pool.py",
+                                                  "proxy/relay/http_wire.py", "aiohttp/client", "aiohttp/connector")),
     ("gateway glue (pipeline, middleware, attempt, streaming)", ("proxy/",)),
 )
 _IO_LEAF = ("asyncio/selector_events.py", "selectors.py")
