@@ -78,6 +78,10 @@ def no_leaks() -> Iterator[None]:
     try:
         yield
         gc.collect()  # finalizers of anything unreachable run now, inside this test
+        # What survived is long-lived (modules, collected tests, fixtures of wider scope): frozen,
+        # the next test's collection scans only what that test made (a full scan of the suite's
+        # heap after every test was most of the suite's run time).
+        gc.freeze()
     finally:
         logging.getLogger("asyncio").removeHandler(complaints)
     problems = [f"an SDK client was not closed ({c.base_url})" for c in _SDK_CLIENTS.live if not c.is_closed()]

@@ -25,6 +25,9 @@ class CheapLane:
         self.pool = pool
         self.max_attempts = policy.max_attempts
         self.cooldown_s = policy.cooldown_s
+        # One target per (account, model), made on first use and kept for this config generation:
+        # the upstream client prepares each target's request head once (proxy/relay/upstream.py).
+        self._targets: dict[tuple[str, str], UpstreamTarget] = {}
 
     def targets(self, route: Route, key: Secret | None = None) -> Iterator[UpstreamTarget]:
         tried: list[str] = []
@@ -33,7 +36,12 @@ class CheapLane:
             if account is None:
                 return
             tried.append(account.name)
-            yield _pool_target(account, route.model)
+            target = self._targets.get((account.name, route.model))
+            if target is None or target.api_key is not account.api_key:
+                if len(self._targets) >= MAX_KEPT_TARGETS:
+                    self._targets.clear()
+                target = self._targets[(account.name, route.model)] = _pool_target(account, route.model)
+            yield target
 
     def begin(self, target: UpstreamTarget) -> None:
         self.pool.begin(target.name)
@@ -59,6 +67,13 @@ class CheapLane:
             f"no healthy Budget pool account could serve {route.public_model}"
             + (f" ({len(failures)} attempts failed)" if failures else "")
         )
+
+
+MAX_KEPT_TARGETS = 4096  # (account, model) pairs kept by the Budget lane; models come from clients
+
+
+def _resale_target(p: Provider, model: str) -> UpstreamTarget:
+    return UpstreamTarget(p.name, p.kind, p.base_url, p.api_key, model, p.responses_stream)
 
 
 def _pool_target(account: PoolAccount, model: str) -> UpstreamTarget:
@@ -94,11 +109,14 @@ class ResaleLane(_PassiveLane):
     def __init__(self, providers: Mapping[str, Provider], models: Mapping[str, tuple[ResaleUpstream, ...]]) -> None:
         self.providers = providers
         self.models = models
+        # Built once per config generation (the upstream client prepares each target's head once).
+        self._targets = {
+            model: tuple(_resale_target(providers[u.provider], u.model) for u in upstreams)
+            for model, upstreams in models.items()
+        }
 
     def targets(self, route: Route, key: Secret | None = None) -> Iterator[UpstreamTarget]:
-        for upstream in self.models.get(route.model, ()):
-            p = self.providers[upstream.provider]
-            yield UpstreamTarget(p.name, p.kind, p.base_url, p.api_key, upstream.model, p.responses_stream)
+        return iter(self._targets.get(route.model, ()))
 
 
 class ByokLane(_PassiveLane):

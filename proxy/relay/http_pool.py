@@ -49,16 +49,22 @@ class HttpPool:
             self._tls.set_alpn_protocols(["http/1.1"])
         return self._tls
 
-    async def acquire(self, origin: Origin, deadline: float) -> tuple[Connection, bool]:
-        """A connection to `origin` (reused when one is idle), and whether it was reused."""
-        loop = asyncio.get_running_loop()
+    def take_idle(self, origin: Origin, now: float) -> Connection | None:
+        """An idle connection to `origin` still fit for reuse, if the pool has one (no await: the hot path)."""
         idle = self._idle.get(origin)
-        now = loop.time()
         while idle:
             conn = idle.pop()  # the most recent: its server is the least likely to have dropped it
             if not conn.closed and now - conn.idle_since < KEEPALIVE_S:
-                return conn, True
+                return conn
             self._discard(conn)
+        return None
+
+    async def acquire(self, origin: Origin, deadline: float) -> Connection:
+        """A connection to `origin`: an idle one, else a new one once the cap allows."""
+        loop = asyncio.get_running_loop()
+        conn = self.take_idle(origin, loop.time())
+        if conn is not None:
+            return conn
         while self._open >= self.limit:
             if not self._close_one_idle():
                 waiter = loop.create_future()
@@ -69,12 +75,9 @@ class HttpPool:
                 finally:
                     if not waiter.done():
                         waiter.cancel()
-                idle = self._idle.get(origin)
-                if idle:
-                    conn = idle.pop()
-                    if not conn.closed:
-                        return conn, True
-                    self._discard(conn)
+                conn = self.take_idle(origin, loop.time())
+                if conn is not None:
+                    return conn
         self._open += 1
         try:
             conn = await self._connect(origin, deadline)
@@ -83,7 +86,7 @@ class HttpPool:
             self._wake_one()
             raise
         self._all.add(conn)
-        return conn, False
+        return conn
 
     def release(self, conn: Connection) -> None:
         """After a complete exchange: back to the pool when the connection may carry another one."""

@@ -13,7 +13,7 @@ import re
 from collections import deque
 from collections.abc import Callable
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 
 MAX_HEAD_BYTES = 64 * 1024  # status line and headers together
 MAX_HEADERS = 128
@@ -69,7 +69,7 @@ class Connection(asyncio.Protocol):
         self._partial = b""
         self._paused = False
         self.status = 0
-        self.headers: CIMultiDictProxy[str] = _NO_HEADERS
+        self.headers: CIMultiDict[str] = _NO_HEADERS
         self.chunks: deque[bytes] = deque()
         self.buffered = 0
         self.total_bytes = 0
@@ -331,12 +331,13 @@ class Connection(asyncio.Protocol):
             waiter.set_result(None)
 
 
-_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+_NO_HEADERS: CIMultiDict[str] = CIMultiDict()
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+").fullmatch  # a header name (RFC 9110 token)
 # A chunk-size line: hex digits, optional whitespace and extensions (ignored).
 _CHUNK_LINE = re.compile(rb"([0-9a-fA-F]{1,15})[ \t]*(?:;[^\r\n]*)?")
 
 
-def parse_head(raw: bytes) -> tuple[int, CIMultiDictProxy[str], bool]:
+def parse_head(raw: bytes) -> tuple[int, CIMultiDict[str], bool]:
     """The status, headers and whether the answer is HTTP/1.1, from the head without its blank line."""
     lines = raw.split(b"\r\n")
     status_line = lines[0]
@@ -345,18 +346,19 @@ def parse_head(raw: bytes) -> tuple[int, CIMultiDictProxy[str], bool]:
         raise ProtocolError(f"the answer's status line is not HTTP/1.x: {status_line[:40]!r}")
     if len(lines) > MAX_HEADERS + 1:
         raise ProtocolError(f"the answer has more than {MAX_HEADERS} headers")
-    headers: CIMultiDict[str] = CIMultiDict()
+    breaks = len(lines) - 1  # every CR and LF must be part of a line's CRLF: no bare one, no NUL
+    if raw.count(b"\r") != breaks or raw.count(b"\n") != breaks or b"\x00" in raw:
+        raise ProtocolError("the answer's head has a bare CR, LF or NUL")
+    pairs = []
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
-        if not colon or not name or name != name.strip() or b" " in name or b"\t" in name:
+        if not colon or _TOKEN(name) is None:  # no folded lines, no space before the colon
             raise ProtocolError(f"the answer has a malformed header line: {line[:40]!r}")
-        if b"\r" in value or b"\n" in value or b"\x00" in value:
-            raise ProtocolError("the answer has a header value with control characters")
-        headers.add(name.decode("latin-1"), value.strip(b" \t").decode("utf-8", "surrogateescape"))
-    return int(status_line[9:12]), CIMultiDictProxy(headers), status_line[7:8] == b"1"
+        pairs.append((name.decode("latin-1"), value.strip(b" \t").decode("utf-8", "surrogateescape")))
+    return int(status_line[9:12]), CIMultiDict(pairs), status_line[7:8] == b"1"
 
 
-def body_framing(status: int, headers: CIMultiDictProxy[str], version_11: bool) -> tuple[int, int, bool]:
+def body_framing(status: int, headers: CIMultiDict[str], version_11: bool) -> tuple[int, int, bool]:
     """(framing, length, reusable) for an answer, by RFC 9112 §6.3 (a POST is never HEAD)."""
     connection = headers.get("Connection", "").lower()
     reusable = (version_11 and "close" not in connection) or (not version_11 and "keep-alive" in connection)

@@ -218,7 +218,7 @@ class UpstreamClient:
             deadline = loop.time() + self.limits.first_byte_timeout_s
         conn: Connection | None = None
         try:
-            conn, _ = await pool.acquire(plan.origin, deadline)
+            conn = pool.take_idle(plan.origin, loop.time()) or await pool.acquire(plan.origin, deadline)
             head = conn.begin(request)
             timer = loop.call_at(deadline, _expire, head)
             try:
