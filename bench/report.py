@@ -136,7 +136,35 @@ def verdicts(summary: dict, hold_streams: int, slope_streams: int) -> list[Verdi
         _at_most(f"T5 {hold_streams} concurrent slow streams, RSS peak", 150.0,
                  value(summary, "hold", "gateway", "rss_peak_mib"), "gateway RSS", "MiB"),
         _flat(slope_streams, value(summary, "slope", "gateway", "growth_mib_per_20k")),
+        *hot_path_verdicts(summary, hold_streams),
     ]
+
+
+def hot_path_verdicts(summary: dict, hold_streams: int) -> list[Verdict]:
+    """The hot-path targets (docs/benchmarks.md), all against the bare relay of the same run."""
+    bare_added = _added_by(summary, "nonstream_c1", "latency_p50_ms", "bare")
+    return [
+        _at_least("H1 non-stream throughput, 64 connections (must; aim 0.9x)", 0.75,
+                  _vs_bare(summary, "nonstream_c64", "per_s"), "gateway/bare relay"),
+        _at_most("H2 proxy CPU per request (must; aim 1.15x)", 1.35,
+                 _vs_bare(summary, "nonstream_c64", "cpu_ms_per_req"), "gateway/bare relay", "x"),
+        _at_most("H3 added latency p50, 1 connection, beyond the bare relay's own", 0.3,
+                 None if bare_added is None else _opt_sub(_added(summary, "nonstream_c1", "latency_p50_ms"), bare_added),
+                 "(gateway - direct) - (bare - direct)", "ms"),
+        _at_most("H4 proxy CPU per stream event", 1.2, _vs_bare(summary, "stream_cN", "cpu_us_per_event"),
+                 "gateway/bare relay", "x"),
+        _at_most(f"H5 {hold_streams} slow streams, RSS peak", 1.5, _vs_bare(summary, "hold", "rss_peak_mib"),
+                 "gateway/bare relay", "x"),
+    ]
+
+
+def _added_by(summary: dict, scenario: str, metric: str, target: str) -> float | None:
+    got, direct = value(summary, scenario, target, metric), value(summary, scenario, "direct", metric)
+    return None if got is None or direct is None else got - direct
+
+
+def _opt_sub(a: float | None, b: float) -> float | None:
+    return None if a is None else a - b
 
 
 def _flat(streams: int, growth: float | None) -> Verdict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -106,6 +107,11 @@ async def _serve(config: Config) -> None:
         site = web.TCPSite(runner, config.listen.host, port, reuse_address=True, reuse_port=worker is not None)
         await site.start()
         metrics_runner = await _start_metrics_listener(app, config, shared=worker is not None)
+        # Everything made while starting (modules, config, routes, the store) lives as long as the
+        # process: frozen out of the collector's view, a full collection under load scans only what
+        # requests made since.
+        gc.collect()
+        gc.freeze()
         if worker is not None:
             refresher = _start_worker_metrics(app, restarted=worker[2])
         log.info("serving on http://%s:%d (event loop: %s)", *runner.addresses[0][:2], type(loop).__module__.split(".")[0])

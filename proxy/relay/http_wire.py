@@ -12,6 +12,7 @@ import asyncio
 import re
 from collections import deque
 from collections.abc import Callable
+from typing import cast
 
 from multidict import CIMultiDict
 
@@ -131,8 +132,7 @@ class Connection(asyncio.Protocol):
     # --- asyncio.Protocol ------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # not an isinstance check: uvloop's transports are not subclasses
 
     def data_received(self, data: bytes) -> None:
         try:

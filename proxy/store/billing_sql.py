@@ -45,12 +45,12 @@ SETTLE_ACCOUNT = (
 SETTLE_KEY = f"UPDATE api_keys SET spent_micros = spent_micros + {_DELTA}, held_micros = held_micros - {_HELD} WHERE id = ?"
 RELEASE_HOLD = "DELETE FROM billing_holds WHERE request_id = ?"
 
-# The hold without a key limit: one batch, one trip to the store (SQLite: one hop to the writer's
-# thread). The conditional UPDATE is the check and the lock at once: on PostgreSQL a concurrent hold
-# of the same workspace waits for the row and the WHERE is re-checked on the row it then sees. The
-# rule is proxy.billing.holds.decide's, in SQL: prepaid needs balance - held >= hold; a budget
-# needs month-to-date + held + hold <= budget. It marks the row with the request id; the hold row is
-# inserted only where that mark landed.
+# The hold without a key limit (hold_if_covered): one transaction, one trip to the store (SQLite: one
+# hop to the writer's thread). The conditional UPDATE is the check and the lock at once: on PostgreSQL
+# a concurrent hold of the same workspace waits for the row and the WHERE is re-checked on the row it
+# then sees. The rule is proxy.billing.holds.decide's, in SQL: prepaid needs balance - held >= hold; a
+# budget needs month-to-date + held + hold <= budget. Its row count says whether the hold was taken
+# (it also marks the row with the request id, `last_hold`).
 HOLD_IF_COVERED = (
     "UPDATE billing_accounts SET held_micros = held_micros + ?, last_hold = ? WHERE workspace_id = ? "
     "AND ((SELECT w.billing_mode FROM workspaces w WHERE w.id = billing_accounts.workspace_id) = 'postpaid' "
@@ -58,15 +58,6 @@ HOLD_IF_COVERED = (
     "AND COALESCE((SELECT w.budget_micros FROM workspaces w WHERE w.id = billing_accounts.workspace_id) "
     "- (CASE WHEN month = ? THEN month_charges_micros ELSE 0 END) - held_micros - ?, 0) >= 0"
 )
-RECORD_HOLD = (
-    "INSERT INTO billing_holds (request_id, workspace_id, key_id, amount_micros, owner, created_at) "
-    "SELECT CAST(? AS TEXT), workspace_id, CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS TEXT), "
-    "CAST(? AS DOUBLE PRECISION) FROM billing_accounts WHERE workspace_id = ? AND last_hold = ?"
-)
-KEY_HOLD = ("UPDATE api_keys SET held_micros = held_micros + ? WHERE id = ? "
-            "AND EXISTS (SELECT 1 FROM billing_holds h WHERE h.request_id = ?)")
-HELD = "SELECT 1 FROM billing_holds WHERE request_id = ?"
-
 Decide = Callable[[BillingAccount, KeySpend | None], Any]
 # Sums of per-request counts: rows are capped when written (at ROW_CAP, metering's own bound), and the
 # CASE caps rows older code wrote with larger values, so a SUM stays inside 64-bit integers.
@@ -116,17 +107,20 @@ async def take_hold(tx: Tx, hold: HoldRequest, decide: Decide, now: float) -> An
     return refusal
 
 
-def hold_statements(hold: HoldRequest, now: float) -> list[tuple[str, Sequence[Params]]]:
-    """The one-trip hold (no key limit) for Database.execute_batch; HELD then tells whether it was taken."""
+async def hold_if_covered(tx: Tx, hold: HoldRequest, now: float) -> bool:
+    """The hold without a key limit: whether it was taken. The conditional UPDATE's row count says
+    whether the account covered it; a workspace's first hold creates its account row and tries once more."""
     rid, ws, amount = hold.request_id, hold.workspace_id, hold.amount_micros
-    statements: list[tuple[str, Sequence[Params]]] = [
-        (ENSURE_ACCOUNT, [(ws,)]),
-        (HOLD_IF_COVERED, [(amount, rid, ws, amount, hold.month, amount)]),
-        (RECORD_HOLD, [(rid, hold.key_id, amount, hold.owner, now, ws, rid)]),
-    ]
+    covered = (amount, rid, ws, amount, hold.month, amount)
+    taken = await tx.execute(HOLD_IF_COVERED, covered)
+    if not taken and await tx.execute(ENSURE_ACCOUNT, (ws,)):  # no account row yet: created, try again
+        taken = await tx.execute(HOLD_IF_COVERED, covered)
+    if not taken:
+        return False
+    await tx.execute(INSERT_HOLD, (rid, ws, hold.key_id, amount, hold.owner, now))
     if hold.key_id is not None:
-        statements.append((KEY_HOLD, [(amount, hold.key_id, rid)]))
-    return statements
+        await tx.execute(ADD_KEY_HELD, (amount, hold.key_id))
+    return True
 
 
 async def explain_refusal(db: Any, hold: HoldRequest, decide: Decide) -> Any:

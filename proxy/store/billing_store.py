@@ -56,9 +56,9 @@ class BillingStore:
     async def take_hold(self, hold: HoldRequest, decide: sql.Decide) -> Any:
         """Check and hold in one transaction; returns decide()'s refusal, or None once held.
 
-        Without a key limit: the one-trip statements (a conditional update of the account row plus
-        the hold row) and the check that the hold was taken, in one transaction, and only when
-        refused a read to explain why. With one: a transaction that locks the account and the key
+        Without a key limit: a conditional update of the account row (the check and the lock at
+        once) and, where it landed, the hold row, in one transaction; only when refused, a read to
+        explain why. With one: a transaction that locks the account and the key
         rows and lets `decide` rule. Both as one `run_transaction` (SQLite: one hop to the
         writer's thread, group-committed with the holds queued meanwhile)."""
         now = time.time()
@@ -66,9 +66,7 @@ class BillingStore:
             return await self.db.run_transaction(lambda tx: sql.take_hold(tx, hold, decide, now))
 
         async def one_trip(tx: Tx) -> bool:
-            for statement, rows in sql.hold_statements(hold, now):
-                await tx.executemany(statement, rows)
-            return await tx.fetchone(sql.HELD, (hold.request_id,)) is not None
+            return await sql.hold_if_covered(tx, hold, now)
 
         if await self.db.run_transaction(one_trip):
             return None
