@@ -1,15 +1,13 @@
-"""The SQLite backend of the database facade (aiosqlite): WAL, one writer, one reader, one checkpointer.
+"""The SQLite backend of the database facade (aiosqlite): WAL, one writer, one reader.
 
 Writes go through one connection, one BEGIN IMMEDIATE transaction at a time; reads use a
-second, read-only connection (WAL lets both run at once); a third copies the WAL into the
-database file off the commit path (Checkpointer). A busy file waits BUSY_TIMEOUT_MS.
+second, read-only connection (WAL lets both run at once). A busy file waits BUSY_TIMEOUT_MS.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
@@ -25,9 +23,6 @@ from proxy.store.rows import StoreUnavailable
 from proxy.store_url import SQLITE
 
 BUSY_TIMEOUT_MS = 5000
-CHECKPOINT_EVERY_S = 0.5
-CHECKPOINT_BUSY_MS = 100
-log = logging.getLogger("okm.store")
 
 
 async def _connect(target: str | Path, *, uri: bool = False) -> aiosqlite.Connection:
@@ -141,7 +136,6 @@ class SqliteDatabase:
         self._write_lock = asyncio.Lock()
         self._queued: list[tuple[Callable[[Tx], Awaitable[Any]], asyncio.Future[Any]]] = []
         self._leader: asyncio.Future[None] | None = None
-        self._checkpointer: Checkpointer | None = None
 
     @classmethod
     async def open(cls, path: Path, migrations: tuple[Migration, ...]) -> SqliteDatabase:
@@ -158,7 +152,6 @@ class SqliteDatabase:
             await writer.execute("PRAGMA journal_mode = WAL")
             await writer.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable across a process kill
             await writer.execute("PRAGMA foreign_keys = ON")
-            await writer.execute("PRAGMA wal_autocheckpoint = 0")  # checkpoints run off the commit path: Checkpointer
             await migrate(writer, migrations)
             reader = await _connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         except BaseException as exc:
@@ -166,16 +159,12 @@ class SqliteDatabase:
             if isinstance(exc, (OSError, sqlite3.Error)):
                 raise StoreUnavailable(f"cannot open the store at {path}: {exc}") from exc
             raise
-        db = cls(path, writer, reader)
-        db._checkpointer = Checkpointer(path)
-        return db
+        return cls(path, writer, reader)
 
     async def close(self) -> None:
-        if self._checkpointer is not None:
-            await self._checkpointer.stop()
         async with self._write_lock:
             await self._reader.close()
-            await self._writer.close()  # the last connection to close checkpoints what is left
+            await self._writer.close()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqliteTx]:
@@ -262,52 +251,6 @@ class SqliteDatabase:
                 await writer._execute(_run_batch, writer._conn, batch)  # reason: see docstring
             except (sqlite3.Error, ValueError) as exc:  # aiosqlite: ValueError once closed
                 raise StoreUnavailable(f"cannot write to the store: {exc}") from exc
-
-
-class Checkpointer:
-    """Copies the WAL back into the database file every CHECKPOINT_EVERY_S, on its own connection
-    and thread, instead of inside a request's COMMIT. SQLite's automatic checkpoint runs in the
-    COMMIT that crosses 1,000 pages, with an fsync: under load one commit in a few hundred waited
-    10-50 ms for it (the p99 at one connection was 9 ms).
-
-    Each round is a PASSIVE checkpoint, which blocks nobody and copies the bulk, then a RESTART,
-    which holds writers only while it copies what arrived meanwhile and syncs (~3 ms here), and
-    makes the next commit start the WAL over: under writes that never pause, PASSIVE alone never
-    catches up and the WAL would grow without bound. The RESTART gives up after
-    CHECKPOINT_BUSY_MS rather than hold writers behind a long transaction (the next round retries)."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._wal = Path(f"{path}-wal")
-        self._task = asyncio.ensure_future(self._run())
-
-    async def _run(self) -> None:
-        db: aiosqlite.Connection | None = None
-        try:
-            while True:
-                await asyncio.sleep(CHECKPOINT_EVERY_S)
-                try:
-                    if self._wal.stat().st_size == 0:
-                        continue
-                except FileNotFoundError:
-                    continue
-                try:
-                    if db is None:
-                        db = await aiosqlite.connect(self._path, isolation_level=None)
-                        await db.execute(f"PRAGMA busy_timeout = {CHECKPOINT_BUSY_MS}")
-                        await db.execute("PRAGMA synchronous = NORMAL")
-                    await db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                    await db.execute("PRAGMA wal_checkpoint(RESTART)")
-                except (sqlite3.Error, ValueError) as exc:  # a locked or vanished file: the next round retries
-                    log.warning("WAL checkpoint failed: %s", exc)
-        finally:
-            if db is not None:
-                await db.close()
-
-    async def stop(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
 
 
 async def schema_version(db: aiosqlite.Connection) -> int:
