@@ -211,3 +211,4 @@ class RequestRecord:
     hold_micros: int = 0  # the billing hold taken before the upstream call (0: none)
     cost_micros: int = 0  # set when the request ends
     settled: tuple[object, ...] | None = None  # what a stream's final row committed before its terminal event said
+    admitted: bool = False  # the admission row was committed with the billing hold (no separate write)

@@ -126,3 +126,27 @@ async def test_statements_count_rows_retention_rolled_up(store_url: str) -> None
         assert await store.balance_before(workspace.id, march[0]) == (0, 0)
     finally:
         await store.close()
+
+
+async def test_a_taken_hold_commits_its_admission_row_and_a_refused_one_writes_none(store_url: str) -> None:
+    """The admission usage row rides in the hold's transaction (one commit per held request), on
+    both hold paths (a key with and without a spend limit); a refused hold leaves no row."""
+    store = await Store.open(store_url)
+    try:
+        await store.create_workspace("acme")
+        key, _ = await store.create_api_key("acme", PEPPER)
+        await store.add_ledger_entry("acme", 250_000, "topup", "first credit", "ops")
+        results = {}
+        for i, limited in ((1, False), (2, True), (3, False)):  # the third finds the balance taken
+            h = hold(i, key.id, limited=limited)
+            row = final(h, 0)._replace(outcome="in_flight", status=0, owner="a")
+            h = HoldRequest(h.request_id, h.workspace_id, h.key_id, h.amount_micros, h.owner, h.month,
+                            key_limited=limited, admission=row)
+            results[i] = await store.take_hold(h, decide(h.amount_micros, "USD", MONTH))
+        rows = {i: await store.get_usage(f"req-{i}") for i in results}
+    finally:
+        await store.close()
+    assert results[1] is None and results[2] is None and results[3] is not None
+    assert rows[1] is not None and rows[1].outcome == "in_flight" and rows[1].hold_micros == 100_000
+    assert rows[2] is not None and rows[2].outcome == "in_flight"
+    assert rows[3] is None

@@ -1,7 +1,7 @@
 """Admission for money: before anything goes upstream a priced request of a prepaid (or budgeted, or
 key-limited) workspace takes a hold in the store, or is refused with a 402 naming the balance.
 
-One store round trip per held request; postpaid workspaces without limits, free models and a
+One store round trip per held request, which also commits the request's admission usage row; postpaid workspaces without limits, free models and a
 disabled price book never reach the store here. Holds are released (and the real cost charged)
 by the usage writer, in the transaction of the request's final usage row; a hold whose process died
 is released by proxy/store/instances.py (the hold's owner is the process's instance id).
@@ -100,11 +100,11 @@ async def take_hold(app: web.Application, book: PriceBook, record: RequestRecord
     if amount <= 0:
         return
     month = month_of(time.time())
-    hold = HoldRequest(record.request_id, principal.workspace_id, principal.key_id, amount, app[OWNER], month,
-                       key_limited=principal.key_limited)
     # Set before the wait: a client that leaves while the hold commits still gets a final row that
     # releases it (settlement releases a request's hold only if the hold exists, so this is safe).
     record.hold_micros = amount
+    hold = HoldRequest(record.request_id, principal.workspace_id, principal.key_id, amount, app[OWNER], month,
+                       key_limited=principal.key_limited, admission=app[appkeys.USAGE].admission_row(record))
     try:
         refusal = await app[appkeys.STORE].take_hold(hold, decide(amount, book.currency, month))
     except StoreError as exc:
@@ -112,7 +112,9 @@ async def take_hold(app: web.Application, book: PriceBook, record: RequestRecord
         raise errors.ServiceUnavailableError("Billing is unavailable: the gateway's store cannot be written; "
                                              "retry shortly.", code="billing_unavailable",
                                              retry_after=STORE_RETRY_AFTER_S) from exc
-    if refusal is not None:
-        record.hold_micros = 0
-        app[appkeys.METRICS].child(app[appkeys.METRICS].billing_refusals, refusal.error.code).inc()
-        raise refusal.error
+    if refusal is None:
+        record.admitted = True  # its admission row committed with the hold
+        return
+    record.hold_micros = 0
+    app[appkeys.METRICS].child(app[appkeys.METRICS].billing_refusals, refusal.error.code).inc()
+    raise refusal.error

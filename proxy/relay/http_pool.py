@@ -155,10 +155,12 @@ class HttpPool:
                         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     return conn
         except TimeoutError as exc:
+            if loop.time() >= deadline:  # the attempt's own deadline, not the connect timeout: a timeout
+                raise
             raise ConnectError(f"no connection within {self.connect_timeout_s:g}s") from exc
         if isinstance(last, ssl.SSLError):
             raise ConnectError(f"TLS handshake failed: {last.reason or type(last).__name__}") from last
-        raise ConnectError(f"could not connect: {type(last).__name__ if last else 'no address'}") from last
+        raise ConnectError(type(last).__name__ if last else "the host name has no address") from last
 
     async def _resolve(self, host: str, port: int) -> list[str]:
         loop = asyncio.get_running_loop()
@@ -168,7 +170,7 @@ class HttpPool:
         try:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
-            raise ConnectError(f"the upstream's host name could not be resolved: {exc.strerror}") from exc
+            raise ConnectError(f"host name not resolved: {exc.strerror}") from exc
         addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
         self._dns[(host, port)] = (loop.time(), addresses)
         return addresses

@@ -11,6 +11,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from proxy.store import billing_sql as sql
+from proxy.store import usage_sql
 from proxy.store.db import Database, Params, Row, Tx
 from proxy.store.rows import (
     ApiKey,
@@ -63,10 +64,19 @@ class BillingStore:
         writer's thread, group-committed with the holds queued meanwhile)."""
         now = time.time()
         if hold.key_limited:
-            return await self.db.run_transaction(lambda tx: sql.take_hold(tx, hold, decide, now))
+            async def locked(tx: Tx) -> Any:
+                refusal = await sql.take_hold(tx, hold, decide, now)
+                if refusal is None and hold.admission is not None:
+                    await tx.execute(*usage_sql.admission(hold.admission))
+                return refusal
+
+            return await self.db.run_transaction(locked)
 
         async def one_trip(tx: Tx) -> bool:
-            return await sql.hold_if_covered(tx, hold, now)
+            taken = await sql.hold_if_covered(tx, hold, now)
+            if taken and hold.admission is not None:  # the admission row rides along: no second commit
+                await tx.execute(*usage_sql.admission(hold.admission))
+            return taken
 
         if await self.db.run_transaction(one_trip):
             return None

@@ -215,6 +215,7 @@ class HoldRequest:
     owner: str
     month: str  # the current month, YYYY-MM (UTC)
     key_limited: bool = False  # the key has a spend limit: the hold locks the key's row too (slower path)
+    admission: UsageRow | None = None  # the request's admission row, committed in the hold's transaction
 
 
 class AccountError(StoreError):

@@ -41,6 +41,11 @@ _sum = billing_sql.capped_sum  # overflow-safe: every row's count is bounded
 _TOUCH = "UPDATE api_keys SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)"
 
 
+def admission(row: UsageRow) -> tuple[str, tuple[Any, ...]]:
+    """One admission row as a statement, for a transaction that writes it with something else (a hold)."""
+    return _ADMIT, _params(row)
+
+
 async def touch_keys(db: Tx, last_used: Mapping[str, float]) -> None:
     await db.executemany(_TOUCH, [(ts, key_id, ts) for key_id, ts in last_used.items()])
 

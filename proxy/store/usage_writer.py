@@ -113,13 +113,20 @@ class UsageRecorder:
             await self._task
             self._task = None
 
+    def admission_row(self, record: RequestRecord) -> UsageRow:
+        """The admission row, for a transaction that commits it itself (the billing hold's)."""
+        return usage_row(record, admitted=True, owner=self._owner)
+
     def admit(self, record: RequestRecord) -> asyncio.Future[bool]:
-        """Queue the admission row (outcome in_flight).
+        """Queue the admission row (outcome in_flight), unless the billing hold already committed it.
 
         The future resolves True once the row is committed, False if it could not be written
         (already counted and logged); it never raises.
         """
         committed: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if record.admitted:
+            committed.set_result(True)
+            return committed
         self._enqueue(_Item(usage_row(record, admitted=True, owner=self._owner), False, committed))
         return committed
 
