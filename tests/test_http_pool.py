@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from proxy.config import Limits
+from proxy.relay.http_pool import HttpPool
 from proxy.relay.upstream import UpstreamClient, UpstreamFailure
 from proxy.types import AttemptResult, Endpoint, Secret, UpstreamTarget
 
@@ -177,3 +178,23 @@ async def test_tls_upstreams_are_verified(aiohttp_server, tmp_path: Path) -> Non
     assert "TLS" in failed.value.message
     assert len(set(seen.peers)) == 1  # the TLS connection was kept alive and reused
     assert seen.hosts == [f"localhost:{server.port}"] * 2
+
+
+async def test_a_woken_waiter_that_leaves_passes_its_slot_on(aiohttp_server) -> None:
+    server = await aiohttp_server(upstream_app(Seen()))
+    pool = HttpPool(limit=1, connect_timeout_s=1.0)
+    origin = ("http", "127.0.0.1", server.port)
+    loop = asyncio.get_running_loop()
+    held = await pool.acquire(origin, loop.time() + 5)
+    first = asyncio.ensure_future(pool.acquire(origin, loop.time() + 5))
+    second = asyncio.ensure_future(pool.acquire(origin, loop.time() + 5))
+    await asyncio.sleep(0.01)  # both wait for the one slot
+    pool.discard(held)  # the slot frees and goes to the first waiter...
+    first.cancel()  # ...which is cancelled before it could take it
+    try:
+        conn = await asyncio.wait_for(second, 1.0)  # the second gets the slot, not a wait until its deadline
+        assert pool.open_connections == 1
+        pool.discard(conn)
+    finally:
+        await pool.close()
+    assert first.cancelled()

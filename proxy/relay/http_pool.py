@@ -72,6 +72,10 @@ class HttpPool:
                 try:
                     async with asyncio.timeout_at(deadline):
                         await waiter
+                except BaseException:
+                    if waiter.done() and not waiter.cancelled():
+                        self._wake_one()  # woken, but leaving (timeout, cancel): the slot goes to the next in line
+                    raise
                 finally:
                     if not waiter.done():
                         waiter.cancel()
@@ -100,8 +104,6 @@ class HttpPool:
 
     def discard(self, conn: Connection) -> None:
         """Close a connection whose exchange did not end cleanly (or may not be reused)."""
-        if not conn.closed:
-            conn.abort()
         self._discard(conn)
 
     def _discard(self, conn: Connection) -> None:
