@@ -22,7 +22,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from bench import gateway, report, scenarios, wrk
+from bench import gateway, instructions, report, scenarios, wrk
 from bench.procs import Procs, cores
 from bench.profile import record
 from bench.scenarios import Bench, Settings, Target
@@ -64,6 +64,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--python-load", action="store_true", help="use the Python load generator even if wrk exists")
     p.add_argument("--profile", action="store_true", help="after measuring, profile the gateway with py-spy")
     p.add_argument("--profile-only", action="store_true", help="skip the measurements; only profile")
+    p.add_argument("--instructions", action="store_true",
+                   help="instead of timing: instructions per request and per stream event under valgrind's callgrind "
+                        "(bare relay and gateway, billing on; repeatable, for A/B runs of one change)")
     p.add_argument("--out", type=Path, default=ROOT / "bench-results", help="results folder (git-ignored)")
     p.add_argument("--keep", action="store_true", help="keep the run folder (config, store, logs)")
     return p.parse_args(argv)
@@ -247,6 +250,19 @@ def finish(args: argparse.Namespace, bench: Bench, runs: dict, meta: dict, prof:
     return 1 if errors else 0
 
 
+def count_instructions(args: argparse.Namespace, run_dir: Path) -> int:
+    if not instructions.available():
+        sys.exit("error: --instructions needs valgrind (Debian package valgrind)")
+    say("counting instructions under callgrind (about a minute)")
+    try:
+        found = instructions.main(run_dir, args.gateway_src)
+    finally:
+        if not args.keep:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    print(instructions.table(found))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_args(args)
@@ -267,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
             "lane": args.lane, "billing": args.billing, "workers": args.workers,
             "store": "postgresql" if args.store_url else "sqlite", "gateway_src": str(args.gateway_src or ROOT),
             "load_generator": "wrk (non-stream) + Python (streams)" if use_wrk else "Python"}
+    if args.instructions:
+        return count_instructions(args, run_dir)
     procs = Procs()
     try:
         say(f"starting servers in {run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir}")

@@ -4,9 +4,11 @@ the report's medians and verdicts. Run with `.venv/bin/python -m pytest -q bench
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from bench import report
+from bench import instructions, report
 from bench.profile import area_of, summarize
 from bench.wire import ResponseParser
 
@@ -110,3 +112,16 @@ def test_a_short_slope_run_is_not_judged() -> None:
     by_streams = {n: next(v for v in report.verdicts(summary, 1000, n) if v.name.startswith("T6")) for n in (3000, 20000)}
     assert by_streams[3000].met is None and "run the full bench" in by_streams[3000].margin
     assert by_streams[20000].met is False
+
+
+def test_instruction_totals_are_read_from_the_newest_dump(tmp_path) -> None:
+    (tmp_path / "callgrind.out.7.1").write_text("events: Ir\nsummary: 100\n")
+    (tmp_path / "callgrind.out.8.1").write_text("events: Ir\ntotals: 999\n")  # another process
+    newest = tmp_path / "callgrind.out.7.2"
+    newest.write_text("events: Ir\nfn=x\n1 5\ntotals: 4200\n")
+    os.utime(newest, (2e9, 2e9))
+    assert instructions._total(tmp_path, 7) == 4200
+    table = instructions.table({"bare": {"per_request": 1000, "per_event": 10},
+                                "gateway": {"per_request": 1500, "per_event": 25},
+                                "ratio": {"per_request": 1.5, "per_event": 2.5}})
+    assert "1.50x" in table and "2.50x" in table and "1,500" in table

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
@@ -50,7 +50,7 @@ def build_app(config: Config, metrics: Metrics | None = None) -> web.Application
     app[appkeys.METRICS] = metrics or Metrics()
     app[appkeys.LIMITER], app[appkeys.DRAIN] = Limiter(), Drain()
     app[appkeys.METRICS].on_scrape(LiveMetrics(app))
-    app.on_response_prepare.append(before_answer)
+    app.on_response_prepare.append(answer_hook(app))
     app[appkeys.UPSTREAM] = UpstreamClient(config.limits)
     app[appkeys.ACCESS_LOG] = AccessLog()
     app[holds.OWNER] = new_instance_id()  # random per start: the owner of this process's rows and holds
@@ -72,11 +72,18 @@ def build_app(config: Config, metrics: Metrics | None = None) -> web.Application
     return app
 
 
-async def before_answer(request: web.Request, response: web.StreamResponse) -> None:
-    """The one on_response_prepare hook (one coroutine per answer, not one per concern):
-    `Connection: close` while draining, then operator secrets masked in what goes out."""
-    close_when_draining(request, response)
-    mask_outgoing(request, response)
+def answer_hook(app: web.Application) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """The one on_response_prepare hook (one coroutine per answer, not one per concern), bound to
+    the root app's objects: sub-apps (the console) answer through it too, and no per-answer
+    `request.config_dict` chain is built to find them."""
+    state, metrics, drain = app[appkeys.STATE], app[appkeys.METRICS], app[appkeys.DRAIN]
+
+    async def before_answer(request: web.Request, response: web.StreamResponse) -> None:
+        """`Connection: close` while draining, then operator secrets masked in what goes out."""
+        close_when_draining(drain, response)
+        mask_outgoing(state.runtime.guard, metrics, response)
+
+    return before_answer
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:

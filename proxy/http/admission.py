@@ -10,6 +10,7 @@ from aiohttp import hdrs, web
 from proxy import appkeys
 from proxy.errors import OverloadedError
 from proxy.http.limits import OVERLOAD_RETRY_AFTER_S, Limiter
+from proxy.relay.drain import Drain
 from proxy.types import Phase, ShedReason
 
 
@@ -28,9 +29,9 @@ def admit(app: web.Application) -> Limiter:
     return limiter
 
 
-def close_when_draining(request: web.Request, response: web.StreamResponse) -> None:
+def close_when_draining(drain: Drain, response: web.StreamResponse) -> None:
     """Part of the app's on_response_prepare hook (app.before_answer): during a drain every answer (errors included) ends its connection,
     so the client's next request opens a new one, to a listener that is still open."""
-    if request.config_dict[appkeys.DRAIN].phase >= Phase.DRAINING:  # config_dict: sub-apps (the console) too
+    if drain.phase >= Phase.DRAINING:
         response.force_close()
         response.headers[hdrs.CONNECTION] = "close"

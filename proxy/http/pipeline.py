@@ -183,5 +183,5 @@ def _metered(answer: dict[str, Any] | None, endpoint: Endpoint, prompt_bytes: in
     if endpoint in MEDIA_ENDPOINTS and not (isinstance(usage, dict) and
                                             ("input_tokens" in usage or "output_tokens" in usage)):
         return Usage()
-    fallback = metering.estimate(prompt_bytes, metering.answer_output_estimate(answer, endpoint))
-    return metering.meter(usage, endpoint, fallback)
+    return metering.meter(usage, endpoint,
+                          lambda: metering.estimate(prompt_bytes, metering.answer_output_estimate(answer, endpoint)))

@@ -169,10 +169,9 @@ class StreamRelay:
         A typed stream (images, audio) without token counts has no token usage: its per-request price applies."""
         if self.end_types and not (self.usage and ("input_tokens" in self.usage or "output_tokens" in self.usage)):
             return Usage()
-        fallback = metering.estimate(prompt_bytes, metering.stream_output_estimate(self.data_events, self.data_bytes,
-                                                                                     self.first_event_bytes))
         endpoint = Endpoint.RESPONSES if self.responses else Endpoint.CHAT
-        return metering.meter(self.usage, endpoint, fallback)
+        return metering.meter(self.usage, endpoint, lambda: metering.estimate(prompt_bytes, metering.stream_output_estimate(
+            self.data_events, self.data_bytes, self.first_event_bytes)))
 
 
 def _malformed(data: str) -> bool:

@@ -11,6 +11,7 @@ any of these flags the request `estimated`. Pure; never raises.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from proxy.types import Endpoint, Usage
@@ -52,27 +53,34 @@ def answer_output_estimate(answer: Any, endpoint: Endpoint) -> int:
     return sum(len(t.encode("utf-8", "replace")) for t in texts if isinstance(t, str)) // BYTES_PER_TOKEN
 
 
-def meter(usage: Any, endpoint: Endpoint, fallback: Usage) -> Usage:
-    """The buckets from an upstream `usage` value; `fallback` (an estimate) fills what is missing or bad."""
+def meter(usage: Any, endpoint: Endpoint, fallback: Usage | Callable[[], Usage]) -> Usage:
+    """The buckets from an upstream `usage` value; `fallback` (an estimate, or what makes one when
+    needed: most answers carry their usage, so the estimate is not worked out for them) fills what
+    is missing or bad."""
     if not isinstance(usage, dict):
-        return _copy(fallback, estimated=True)
+        return _copy(_made(fallback), estimated=True)
     responses = "input_tokens" in usage or "output_tokens" in usage
     in_key, out_key = ("input_tokens", "output_tokens") if responses else ("prompt_tokens", "completion_tokens")
     flagged = False
     prompt, bad = _count(usage.get(in_key))
     if prompt is None:
+        fallback = _made(fallback)
         prompt, flagged = fallback.prompt_tokens, True
     flagged |= bad
     output, bad = _count(usage.get(out_key))
     flagged |= bad
     if output is None:
         missing_ok = endpoint is Endpoint.EMBEDDINGS and not bad
-        output = 0 if missing_ok else fallback.completion_tokens
+        output = 0 if missing_ok else _made(fallback).completion_tokens
         flagged |= not missing_ok
     cached, bad_cached = _detail(usage, f"{in_key}_details", "cached_tokens", prompt)
     reasoning, bad_reasoning = _detail(usage, f"{out_key}_details", "reasoning_tokens", output)
     flagged |= bad_cached or bad_reasoning
     return Usage(prompt, output, prompt + output, flagged, cached, reasoning)
+
+
+def _made(fallback: Usage | Callable[[], Usage]) -> Usage:
+    return fallback if isinstance(fallback, Usage) else fallback()
 
 
 def _count(value: Any) -> tuple[int | None, bool]:

@@ -7,17 +7,13 @@ from __future__ import annotations
 
 from aiohttp import hdrs, web
 
-from proxy import appkeys
 from proxy.lanes.secret_guard import SecretGuard
 from proxy.telemetry.metrics import Metrics
 
 
-def mask_outgoing(request: web.Request, response: web.StreamResponse) -> None:
-    """Part of the app's on_response_prepare hook (app.before_answer): headers of every answer; the body of every complete answer."""
-    app = request.config_dict  # not request.app: sub-apps (the console) answer through here too
+def mask_outgoing(guard: SecretGuard, metrics: Metrics, response: web.StreamResponse) -> None:
+    """Part of the app's on_response_prepare hook (app.answer_hook): headers of every answer; the body of every complete answer."""
     response.headers[hdrs.SERVER] = SERVER  # not aiohttp's "Python/3.x aiohttp/3.y": no versions for scanners
-    guard: SecretGuard = app[appkeys.STATE].runtime.guard
-    metrics: Metrics = app[appkeys.METRICS]
     # one scan per secret over all the values (a header value holds no LF, so no secret spans two)
     if guard.clean_text("\n".join(response.headers.values())) is None:
         items: list[tuple[str, str]] = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from proxy.store import Store
 from proxy.store.rows import USAGE_IN_FLIGHT, StoreUnavailable, UsageRow
@@ -28,46 +28,50 @@ def _count(value: int) -> int:
     return min(max(int(value), 0), MAX_TOKENS)
 
 
-def _text(value: str | None) -> str | None:
-    return None if value is None else value[:MAX_TEXT]
+_new_row = tuple.__new__  # a UsageRow from its fields in order: no keyword binding of 27 arguments
 
 
 def usage_row(record: RequestRecord, *, admitted: bool, owner: str | None = None) -> UsageRow:
-    """A snapshot of the record as a usage row (the record keeps changing after this)."""
+    """A snapshot of the record as a usage row (the record keeps changing after this).
+
+    Built positionally, in the table's column order (UsageRow's), with the range checks inline:
+    two rows per request, ~1.5 us each instead of ~5 us through keyword arguments and calls."""
     principal, route, usage, price = record.principal, record.route, record.usage, record.price
-    return UsageRow(
-        request_id=record.request_id,
-        started_at=record.started_at,
-        workspace_id=principal.workspace_id if principal else None,
-        key_id=principal.key_id if principal else None,
-        lane=route.lane.value if route else None,
-        public_model=_text(route.public_model) if route else None,
-        upstream=_text(record.upstream),
-        endpoint=record.endpoint.value,
-        stream=record.stream,
-        status=record.status,
-        outcome=USAGE_IN_FLIGHT if admitted else record.outcome.value,
-        prompt_tokens=_count(usage.prompt_tokens),
-        completion_tokens=_count(usage.completion_tokens),
-        total_tokens=_count(usage.total_tokens),
-        tokens_estimated=usage.estimated,
-        ttfb_s=record.ttfb_s,
-        duration_s=record.duration_s,
-        attempts=_count(record.attempts),
-        cached_input_tokens=_count(usage.cached_input_tokens),
-        reasoning_tokens=_count(usage.reasoning_tokens),
-        cost_micros=record.cost_micros,
-        price_input=price.input if price else None,
-        price_cached_input=price.cached_input if price else None,
-        price_output=price.output if price else None,
-        price_request=price.request if price else None,
-        hold_micros=record.hold_micros,
-        owner=owner,
-    )
+    prompt, completion, total = usage.prompt_tokens, usage.completion_tokens, usage.total_tokens
+    cached, reasoning, attempts = usage.cached_input_tokens, usage.reasoning_tokens, record.attempts
+    upstream = record.upstream
+    return _new_row(UsageRow, (
+        record.request_id,
+        record.started_at,
+        principal.workspace_id if principal else None,
+        principal.key_id if principal else None,
+        route.lane._value_ if route else None,
+        (route.public_model if len(route.public_model) <= MAX_TEXT else route.public_model[:MAX_TEXT]) if route else None,
+        upstream if upstream is None or len(upstream) <= MAX_TEXT else upstream[:MAX_TEXT],
+        record.endpoint._value_,
+        record.stream,
+        record.status,
+        USAGE_IN_FLIGHT if admitted else record.outcome._value_,
+        prompt if type(prompt) is int and 0 <= prompt <= MAX_TOKENS else _count(prompt),
+        completion if type(completion) is int and 0 <= completion <= MAX_TOKENS else _count(completion),
+        total if type(total) is int and 0 <= total <= MAX_TOKENS else _count(total),
+        usage.estimated,
+        record.ttfb_s,
+        record.duration_s,
+        attempts if type(attempts) is int and 0 <= attempts <= MAX_TOKENS else _count(attempts),
+        cached if type(cached) is int and 0 <= cached <= MAX_TOKENS else _count(cached),
+        reasoning if type(reasoning) is int and 0 <= reasoning <= MAX_TOKENS else _count(reasoning),
+        record.cost_micros,
+        price.input if price else None,
+        price.cached_input if price else None,
+        price.output if price else None,
+        price.request if price else None,
+        record.hold_micros,
+        owner,
+    ))
 
 
-@dataclass(frozen=True, slots=True)
-class _Item:
+class _Item(NamedTuple):  # not a frozen dataclass: one per row, and its per-field setattr cost ~1.5 us
     row: UsageRow
     final: bool
     committed: asyncio.Future[bool] | None
