@@ -21,7 +21,11 @@ _COLUMNS = (
     "price_request, hold_micros, owner"
 )
 _PLACEHOLDERS = ", ".join("?" for _ in _COLUMNS.split(", "))
-_UPDATES = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS.split(", ")[1:])
+# What a final row may change on its admission row. Not the columns fixed before admission (the
+# request's start, workspace, key, lane, model, endpoint): three of the table's indexes cover them,
+# and SQLite rewrites an index's entry for every column in the SET list, changed or not.
+_FIXED = {"request_id", "started_at", "workspace_id", "key_id", "lane", "public_model", "endpoint"}
+_UPDATES = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS.split(", ") if c not in _FIXED)
 _ADMIT = f"INSERT INTO usage ({_COLUMNS}) VALUES ({_PLACEHOLDERS}) ON CONFLICT (request_id) DO NOTHING"
 _FINISH = f"INSERT INTO usage ({_COLUMNS}) VALUES ({_PLACEHOLDERS}) ON CONFLICT (request_id) DO UPDATE SET {_UPDATES}"
 
