@@ -89,17 +89,47 @@ Outcome = tuple[bool, Any]  # (True, result) or (False, the exception the work r
 
 
 def _run_group(db: sqlite3.Connection, works: Sequence[Callable[[Tx], Awaitable[Any]]]) -> list[Outcome]:
-    """Group commit: each work in its own savepoint, all in one BEGIN IMMEDIATE … COMMIT. A work
-    that raises is rolled back to its savepoint alone; the others still commit."""
+    """Group commit: all works in one BEGIN IMMEDIATE … COMMIT, each isolated from the others' failures.
+
+    Optimistic: the works run one after another with no savepoint (two statements fewer each,
+    the common case); only if one raises is the whole group rolled back and run again with a
+    savepoint per work, so the one that raises is rolled back alone and the others still commit.
+    A work is SQL only (it awaits nothing but its transaction), so running it again is safe."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        outcomes: list[Outcome] = [(True, _drive(_started(work, db))) for work in works]
+    except Exception:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        return _run_isolated(db, works)
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    try:
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return outcomes
+
+
+def _started(work: Callable[[Tx], Awaitable[Any]], db: sqlite3.Connection) -> Coroutine[Any, Any, Any]:
+    pending = work(InlineTx(db))
+    assert isinstance(pending, Coroutine)  # reason: an async function's call, driven here
+    return pending
+
+
+def _run_isolated(db: sqlite3.Connection, works: Sequence[Callable[[Tx], Awaitable[Any]]]) -> list[Outcome]:
+    """The group again, each work in its own savepoint: one that raises is rolled back alone."""
     outcomes: list[Outcome] = []
     db.execute("BEGIN IMMEDIATE")
     try:
         for work in works:
             db.execute("SAVEPOINT okm_work")
             try:
-                pending = work(InlineTx(db))
-                assert isinstance(pending, Coroutine)  # reason: an async function's call, driven here
-                outcomes.append((True, _drive(pending)))
+                outcomes.append((True, _drive(_started(work, db))))
             except Exception as exc:
                 db.execute("ROLLBACK TO okm_work")
                 outcomes.append((False, exc))
