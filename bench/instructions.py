@@ -91,7 +91,8 @@ def count(server: ServerProcess, out_dir: Path, path: str, key: str | None, mode
         server.stop_blocking()
 
 
-def main(run_dir: Path, gateway_src: Path | None, requests: int = 1000, streams: int = 100) -> dict[str, dict]:
+def main(run_dir: Path, gateway_src: Path | None, requests: int = 1000, streams: int = 100,
+         billing: bool = True) -> dict[str, dict]:
     """Count both servers; returns {"bare": {...}, "gateway": {...}, "ratio": {...}}."""
     py = sys.executable
     up = ServerProcess([py, "-m", "testkit.upstream"], log=run_dir / "upstream.log", name="fake upstream")
@@ -104,7 +105,7 @@ def main(run_dir: Path, gateway_src: Path | None, requests: int = 1000, streams:
                              name="bare relay", wrap=wrap)
         t0 = time.monotonic()
         results = {"bare": count(bare, run_dir, fast, None, "bench-fast", requests, streams)}
-        setup = gateway.prepare(run_dir, up.port, profiles, billing=True)
+        setup = gateway.prepare(run_dir, up.port, profiles, billing=billing)
         gw = GatewayProcess(setup.config, setup.env, setup.log, cwd=gateway_src, python=py, wrap=wrap)
         results["gateway"] = count(gw, run_dir, "/v1/chat/completions", setup.key, "resale/bench-fast",
                                    requests, streams)
