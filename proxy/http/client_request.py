@@ -52,7 +52,7 @@ def upstream_request(req: ClientRequest, endpoint: Endpoint, *, strict: bool,
     """The JSON body (or form) to send on a lane; `strict` is the Budget pool's scrub."""
     if req.form is not None:  # the same per-endpoint allow-list as JSON bodies, applied to form fields
         return {}, req.form.keep(budget_form_fields(endpoint.value)) if strict else req.form
-    data = scrub.scrub_request_body(req.data, strict=strict, endpoint=endpoint.value)
+    data = scrub.scrub_request_body(req.data, strict=strict, endpoint=endpoint._value_)
     if strict and endpoint is Endpoint.RESPONSES:
         data = replay.stateless_responses_body(data, model)
     elif strict and endpoint is Endpoint.INPUT_TOKENS:

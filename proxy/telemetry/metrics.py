@@ -114,8 +114,8 @@ class Metrics:
 
     def observe_request(self, record: RequestRecord) -> None:
         """Everything a finished request adds: count, duration, time to first byte, tokens."""
-        lane = record.route.lane.value if record.route else "none"
-        endpoint = record.endpoint.value
+        lane = record.route.lane._value_ if record.route else "none"
+        endpoint = record.endpoint._value_
         self.add(self.requests, lane, endpoint, record.status)
         self._histogram(self.duration, lane, endpoint).observe(record.duration_s or 0.0)
         if record.ttfb_s is not None:
