@@ -97,22 +97,21 @@ def _run_group(db: sqlite3.Connection, works: Sequence[Callable[[Tx], Awaitable[
     A work is SQL only (it awaits nothing but its transaction), so running it again is safe."""
     db.execute("BEGIN IMMEDIATE")
     try:
-        outcomes: list[Outcome] = [(True, _drive(_started(work, db))) for work in works]
-    except Exception:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        return _run_isolated(db, works)
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
-    try:
+        try:
+            outcomes: list[Outcome] = [(True, _drive(_started(work, db))) for work in works]
+        except Exception:
+            _rollback(db)
+            return _run_isolated(db, works)
         db.execute("COMMIT")
     except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
+        _rollback(db)
         raise
     return outcomes
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    if db.in_transaction:
+        db.execute("ROLLBACK")
 
 
 def _started(work: Callable[[Tx], Awaitable[Any]], db: sqlite3.Connection) -> Coroutine[Any, Any, Any]:
@@ -136,8 +135,7 @@ def _run_isolated(db: sqlite3.Connection, works: Sequence[Callable[[Tx], Awaitab
             db.execute("RELEASE okm_work")
         db.execute("COMMIT")
     except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
+        _rollback(db)
         raise
     return outcomes
 
@@ -150,8 +148,7 @@ def _run_batch(db: sqlite3.Connection, batch: Sequence[tuple[str, Sequence[Param
                 db.executemany(sql, rows)
         db.execute("COMMIT")
     except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
+        _rollback(db)
         raise
 
 
