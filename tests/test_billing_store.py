@@ -61,6 +61,32 @@ async def test_a_balance_for_ten_holds_admits_ten_of_thirty_concurrent(store_url
         await store.close()
 
 
+async def test_a_batch_settles_each_row_once_across_months_keys_and_refinishes(store_url: str) -> None:
+    store = await Store.open(store_url)
+    try:
+        await store.create_workspace("acme")
+        key_a, _ = await store.create_api_key("acme", PEPPER)
+        key_b, _ = await store.create_api_key("acme", PEPPER)
+        await store.add_ledger_entry("acme", 10_000_000, "topup", "credit", "ops")
+        r1, r2, r3 = hold(1, key_a.id), hold(2, key_a.id), hold(3, key_b.id)
+        many = [hold(100 + i, key_b.id, amount=1_000) for i in range(300)]  # more than one IN list
+        for h in (r1, r2, r3, *many):
+            assert await store.take_hold(h, decide(h.amount_micros, "USD", MONTH)) is None
+        last_month = time.time() - 40 * 86400
+        await store.write_usage([], [final(r2, 20_000), final(r1, 10_000, started_at=last_month),
+                                     final(r3, 1_000), final(r3, 30_000)])  # r3 twice in one batch: its last counts
+        await store.write_usage([], [final(r2, 25_000), *(final(h, 1) for h in many)])  # r2 re-priced: +5,000
+        account = await store.billing_account("acme")
+        assert (account.charges_micros, account.held_micros) == (65_300, 0)
+        assert (account.month, account.month_charges_micros) == (MONTH, 55_300)  # last month's row not in it
+        assert await store.holds_of(1) == (0, 0)
+        spent = await store.fetchall("SELECT spent_micros, held_micros FROM api_keys WHERE id IN (?, ?) ORDER BY id = ?",
+                                     (key_a.id, key_b.id, key_b.id))
+        assert [tuple(int(v) for v in row) for row in spent] == [(35_000, 0), (30_300, 0)]
+    finally:
+        await store.close()
+
+
 async def test_budget_ledger_statement_and_export(store_url: str) -> None:
     store = await Store.open(store_url)
     try:

@@ -13,7 +13,7 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from proxy.store.db import Params, Tx
+from proxy.store.db import Tx
 from proxy.store.rows import BillingAccount, HoldRequest, KeySpend, LedgerEntry, UsageRow
 
 ENSURE_ACCOUNT = "INSERT INTO billing_accounts (workspace_id) VALUES (?) ON CONFLICT (workspace_id) DO NOTHING"
@@ -30,20 +30,21 @@ INSERT_HOLD = ("INSERT INTO billing_holds (request_id, workspace_id, key_id, amo
                "VALUES (?, ?, ?, ?, ?, ?)")
 ADD_HELD = "UPDATE billing_accounts SET held_micros = held_micros + ? WHERE workspace_id = ?"
 ADD_KEY_HELD = "UPDATE api_keys SET held_micros = held_micros + ? WHERE id = ?"
-# Settlement, per final row, in the usage batch's transaction and before the row's upsert: the
-# charge is the change in the row's cost and the release is its hold, if one is still there, so
-# finishing a row twice charges and releases once. The month-to-date counter restarts when a
-# later month's first charge arrives. (SET expressions all read the row as it was.)
-_DELTA = "(? - COALESCE((SELECT u.cost_micros FROM usage u WHERE u.request_id = ?), 0))"
-_HELD = "COALESCE((SELECT h.amount_micros FROM billing_holds h WHERE h.request_id = ?), 0)"
-SETTLE_ACCOUNT = (
-    f"UPDATE billing_accounts SET charges_micros = charges_micros + {_DELTA}, held_micros = held_micros - {_HELD}, "
-    f"month_charges_micros = CASE WHEN month = ? THEN month_charges_micros + {_DELTA} "
-    f"WHEN month < ? THEN {_DELTA} ELSE month_charges_micros END, "
-    "month = CASE WHEN month < ? THEN ? ELSE month END WHERE workspace_id = ?"
+# Settlement, per usage batch, in the batch's transaction and before its final rows are upserted
+# (settle): each billed row's hold is deleted (RETURNING says what this transaction released, so a
+# hold is released once) and its charge is the change in the row's cost, so finishing a row twice
+# charges once. Then one update per workspace and one per key with the batch's sums. The
+# month-to-date counter restarts when a later month's first charge arrives (SET expressions all
+# read the row as it was).
+_RELEASE_HOLDS = "DELETE FROM billing_holds WHERE request_id IN ({}) RETURNING request_id, amount_micros"
+_PRIOR_COSTS = "SELECT request_id, cost_micros FROM usage WHERE request_id IN ({})"
+CHARGE_ACCOUNT = (
+    "UPDATE billing_accounts SET charges_micros = charges_micros + ?, held_micros = held_micros - ?, "
+    "month_charges_micros = CASE WHEN month = ? THEN month_charges_micros + ? WHEN month < ? THEN ? "
+    "ELSE month_charges_micros END, month = CASE WHEN month < ? THEN ? ELSE month END WHERE workspace_id = ?"
 )
-SETTLE_KEY = f"UPDATE api_keys SET spent_micros = spent_micros + {_DELTA}, held_micros = held_micros - {_HELD} WHERE id = ?"
-RELEASE_HOLD = "DELETE FROM billing_holds WHERE request_id = ?"
+CHARGE_KEY = "UPDATE api_keys SET spent_micros = spent_micros + ?, held_micros = held_micros - ? WHERE id = ?"
+IN_LIST_MAX = 256  # request ids per IN list (a batch has BATCH_ROWS = 200)
 
 # The hold without a key limit (hold_if_covered): one transaction, one trip to the store (SQLite: one
 # hop to the writer's thread). The conditional UPDATE is the check and the lock at once: on PostgreSQL
@@ -133,27 +134,57 @@ async def explain_refusal(db: Any, hold: HoldRequest, decide: Decide) -> Any:
     return decide(account_row(row), key) if row is not None else None
 
 
-def settle_statements(finished: Sequence[UsageRow]) -> list[tuple[str, Sequence[Params]]]:
-    """The statements that release holds and charge costs for a batch's final rows; they run in the
-    batch's transaction before the rows are upserted. Empty when nothing in the batch is billed."""
+async def settle(tx: Tx, finished: Sequence[UsageRow]) -> None:
+    """Release the holds and charge the costs of a batch's final rows, inside the batch's
+    transaction, before the rows are upserted. Nothing when nothing in the batch is billed."""
     last = {r.request_id: r for r in finished}  # a row finished twice in one batch is settled once, as its last
     billed = [r for r in last.values() if r.workspace_id is not None and (r.cost_micros or r.hold_micros)]
     if not billed:
-        return []
-    accounts, keys = [], []
-    # Rows locked in one order (workspace, then key): two gateways' batches never deadlock on PostgreSQL.
-    billed.sort(key=lambda r: (r.workspace_id or 0, r.key_id or "", r.request_id))
+        return
+    ids = sorted(r.request_id for r in billed)
+    released: dict[str, int] = {}
+    prior: dict[str, int] = {}
+    for start in range(0, len(ids), IN_LIST_MAX):
+        sql_release, sql_prior, params = _in_lists(ids[start:start + IN_LIST_MAX])
+        released.update((rid, int(amount)) for rid, amount in await tx.fetchall(sql_release, params))
+        prior.update((rid, int(cost or 0)) for rid, cost in await tx.fetchall(sql_prior, params))
+    # Per workspace: [charge, release, latest month, that month's charge]; per key: [charge, release].
+    accounts: dict[int, list[Any]] = {}
+    keys: dict[str, list[int]] = {}
     for row in billed:
-        rid, cost, month = row.request_id, row.cost_micros, month_of(row.started_at)
-        accounts.append((cost, rid, rid, month, cost, rid, month, cost, rid, month, month, row.workspace_id))
+        charge, release = row.cost_micros - prior.get(row.request_id, 0), released.get(row.request_id, 0)
+        month = month_of(row.started_at)
+        account = accounts.setdefault(row.workspace_id or 0, [0, 0, month, 0])
+        account[0] += charge
+        account[1] += release
+        if month > account[2]:
+            account[2], account[3] = month, charge
+        elif month == account[2]:
+            account[3] += charge
         if row.key_id is not None:
-            keys.append((cost, rid, rid, row.key_id))
-    return [
-        (ENSURE_ACCOUNT, sorted({(r.workspace_id,) for r in billed})),
-        (SETTLE_ACCOUNT, accounts),
-        (SETTLE_KEY, sorted(keys, key=lambda k: (k[3], k[1]))),
-        (RELEASE_HOLD, [(r.request_id,) for r in billed if r.hold_micros]),
-    ]
+            key = keys.setdefault(row.key_id, [0, 0])
+            key[0] += charge
+            key[1] += release
+    # Rows locked in one order (workspaces, then keys, each sorted): two gateways never deadlock on PostgreSQL.
+    order = sorted(accounts)
+    await tx.executemany(ENSURE_ACCOUNT, [(ws,) for ws in order])
+    await tx.executemany(CHARGE_ACCOUNT, [(c, r, m, mc, m, mc, m, m, ws) for ws in order
+                                          for c, r, m, mc in (accounts[ws],)])
+    if keys:
+        await tx.executemany(CHARGE_KEY, [(keys[k][0], keys[k][1], k) for k in sorted(keys)])
+
+
+@functools.lru_cache(maxsize=16)
+def _in_list_sql(size: int) -> tuple[str, str]:
+    marks = ", ".join("?" * size)
+    return _RELEASE_HOLDS.format(marks), _PRIOR_COSTS.format(marks)
+
+
+def _in_lists(ids: list[str]) -> tuple[str, str, list[str]]:
+    """The two statements for `ids`, their IN lists padded (with the last id) to a power of two:
+    a handful of distinct statement texts, each prepared once and cached by the driver."""
+    size = 1 << (len(ids) - 1).bit_length()
+    return (*_in_list_sql(size), ids + ids[-1:] * (size - len(ids)))
 
 
 LEDGER_COLUMNS = "id, workspace_id, amount_micros, kind, note, actor, created_at"

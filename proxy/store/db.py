@@ -48,8 +48,9 @@ class Database(Protocol):
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]: ...
 
-    async def execute_batch(self, batch: Sequence[tuple[str, Sequence[Params]]]) -> None:
-        """Each (statement, rows) as one executemany, all in one transaction (the usage writer)."""
+    async def run_batch(self, work: Callable[[Tx], Awaitable[T]]) -> T:
+        """Like run_transaction, in a transaction of its own: never grouped with other works (the
+        usage writer's batches, which are groups already)."""
         ...
 
     async def run_transaction(self, work: Callable[[Tx], Awaitable[T]]) -> T:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -143,11 +143,9 @@ class PgDatabase:
         async with self.transaction() as tx:
             return await work(tx)
 
-    async def execute_batch(self, batch: Sequence[tuple[str, Sequence[Params]]]) -> None:
+    async def run_batch(self, work: Callable[[Tx], Awaitable[T]]) -> T:
         async with self.transaction() as tx:
-            for sql, rows in batch:
-                if rows:
-                    await tx.executemany(sql, rows)
+            return await work(tx)
 
     async def _migrate(self, migrations: tuple[Migration, ...]) -> int:
         """Each step in its own transaction under an advisory lock, re-reading the version."""

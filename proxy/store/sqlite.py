@@ -140,16 +140,15 @@ def _run_isolated(db: sqlite3.Connection, works: Sequence[Callable[[Tx], Awaitab
     return outcomes
 
 
-def _run_batch(db: sqlite3.Connection, batch: Sequence[tuple[str, Sequence[Params]]]) -> None:
+def _run_alone(db: sqlite3.Connection, work: Callable[[Tx], Awaitable[T]]) -> T:
     db.execute("BEGIN IMMEDIATE")
     try:
-        for sql, rows in batch:
-            if rows:
-                db.executemany(sql, rows)
+        result: T = _drive(_started(work, db))
         db.execute("COMMIT")
     except BaseException:
         _rollback(db)
         raise
+    return result
 
 
 class SqliteDatabase:
@@ -249,7 +248,7 @@ class SqliteDatabase:
     async def _run_group(self, group: list[tuple[Callable[[Tx], Awaitable[Any]], asyncio.Future[Any]]]) -> None:
         writer = self._writer
         try:
-            outcomes: list[Outcome] = await writer._execute(_run_group, writer._conn, [w for w, _ in group])  # reason: the same private dispatch as execute_batch
+            outcomes: list[Outcome] = await writer._execute(_run_group, writer._conn, [w for w, _ in group])  # reason: the same private dispatch as run_batch
         except (sqlite3.Error, ValueError) as exc:  # aiosqlite: ValueError once closed
             outcomes = [(False, StoreUnavailable(f"cannot write to the store: {exc}"))] * len(group)
         except BaseException:
@@ -267,15 +266,14 @@ class SqliteDatabase:
             else:
                 done.set_exception(value)
 
-    async def execute_batch(self, batch: Sequence[tuple[str, Sequence[Params]]]) -> None:
-        """The whole batch as one call on the writer connection's thread (aiosqlite's own
-        dispatch, `_execute`, which its public methods use too): one thread hop per batch
-        instead of one per statement, which is most of what usage recording costs per request.
-        """
+    async def run_batch(self, work: Callable[[Tx], Awaitable[T]]) -> T:
+        """`work` whole on the writer's thread in its own transaction, as one call through
+        aiosqlite's own dispatch (`_execute`, which its public methods use too): one thread hop
+        per usage batch instead of one per statement, which is most of what recording costs."""
         writer = self._writer
         async with self._write_lock:
             try:
-                await writer._execute(_run_batch, writer._conn, batch)  # reason: see docstring
+                return await writer._execute(_run_alone, writer._conn, work)  # type: ignore[no-any-return]  # reason: see docstring
             except (sqlite3.Error, ValueError) as exc:  # aiosqlite: ValueError once closed
                 raise StoreUnavailable(f"cannot write to the store: {exc}") from exc
 

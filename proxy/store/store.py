@@ -311,7 +311,8 @@ class Store(BillingStore):
 
         Runs as one backend batch: on SQLite a single hop to the writer's thread per batch.
         """
-        await self.db.execute_batch(usage_store.batch(list(admitted), list(finished)))
+        rows, finals = list(admitted), list(finished)
+        await self.db.run_batch(lambda tx: usage_store.write(tx, rows, finals))
 
     async def sweep_usage(self, older_than: float) -> int:
         """Retention: final usage rows started before `older_than` (epoch seconds) are added to

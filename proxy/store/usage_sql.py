@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from proxy.store import billing_sql
-from proxy.store.db import Database, Params, Tx
+from proxy.store.db import Database, Tx
 from proxy.store.rows import USAGE_IN_FLIGHT, UsageRow, UsageTotal
 from proxy.types import Outcome
 
@@ -54,8 +54,8 @@ async def touch_keys(db: Tx, last_used: Mapping[str, float]) -> None:
     await db.executemany(_TOUCH, [(ts, key_id, ts) for key_id, ts in last_used.items()])
 
 
-def batch(admitted: Sequence[UsageRow], finished: Sequence[UsageRow]) -> list[tuple[str, Sequence[Params]]]:
-    """One usage batch as statements for Database.execute_batch (one transaction).
+async def write(tx: Tx, admitted: Sequence[UsageRow], finished: Sequence[UsageRow]) -> None:
+    """One usage batch, inside one transaction (Database.run_batch).
 
     Admissions first, then finals: a final row always wins, whatever order they were queued in.
     """
@@ -63,12 +63,13 @@ def batch(admitted: Sequence[UsageRow], finished: Sequence[UsageRow]) -> list[tu
     for row in (*admitted, *finished):
         if row.key_id is not None and row.started_at > last_used.get(row.key_id, 0.0):
             last_used[row.key_id] = row.started_at
-    return [
-        (_ADMIT, [_params(r) for r in admitted]),
-        *billing_sql.settle_statements(finished),  # hold releases and charges commit with the rows
-        (_FINISH, [_params(r) for r in finished]),
-        (_TOUCH, [(ts, key_id, ts) for key_id, ts in sorted(last_used.items())]),  # one lock order
-    ]
+    if admitted:
+        await tx.executemany(_ADMIT, [_params(r) for r in admitted])
+    if finished:
+        await billing_sql.settle(tx, finished)  # hold releases and charges commit with the rows
+        await tx.executemany(_FINISH, [_params(r) for r in finished])
+    if last_used:
+        await tx.executemany(_TOUCH, [(ts, key_id, ts) for key_id, ts in sorted(last_used.items())])  # one lock order
 
 
 async def get_row(db: Database, request_id: str) -> UsageRow | None:
