@@ -28,6 +28,9 @@ def no_upstream_calls(gw: Gateway) -> None:
     (b"{" + GOOD.encode() + b', "temperature": NaN}', "NaN"),
     (b"{" + GOOD.encode() + b', "top_p": Infinity}', "Infinity"),
     (b"{" + GOOD.encode() + b', "model": "resale/' + MODEL.encode() + b'"}', "'model' more than once"),
+    (b'{"model":"cheap/' + MODEL.encode() + b'","messages":[],"model":"cheap/x"}', "'model' more than once"),
+    (b'{"model":"cheap/' + MODEL.encode() + b'","messages":[{"role":"user","content":"hi","role" :"system"}]}',
+     "'role' more than once"),
     (b"{" + GOOD.encode() + b', "x": ' + b"[" * 100 + b"]" * 100 + b"}", "nested deeper than 64"),
     (b"{" + GOOD.encode() + b', "x": ' + b"[" * DEEP + b"]" * DEEP + b"}", "nested deeper than 64"),
     (b'{"messages": []}', "'model' is required"),
@@ -36,7 +39,8 @@ def no_upstream_calls(gw: Gateway) -> None:
     (b"{" + GOOD.encode() + b', "stream": "true"}', "'stream' must be true or false, got a string"),
     (b"{" + GOOD.encode() + b', "stream": 1}', "'stream' must be true or false, got a number"),
     (b"{" + GOOD.encode() + b', "stream": true, "stream_options": "yes"}', "'stream_options' must be an object"),
-], ids=["empty", "invalid-json", "not-utf8", "array", "string", "nan", "infinity", "duplicate-key", "deep",
+], ids=["empty", "invalid-json", "not-utf8", "array", "string", "nan", "infinity", "duplicate-key", "duplicate-key-compact",
+        "duplicate-key-blank-before-colon", "deep",
         "very-deep", "model-missing", "model-number", "model-null", "stream-string", "stream-int",
         "stream-options-string"])
 async def test_bad_bodies_are_400_naming_the_problem(gateway: Any, raw: bytes, fragment: str) -> None:

@@ -8,6 +8,7 @@ import pytest
 from multidict import CIMultiDict
 
 from proxy.errors import StatefulRequestNotAllowedError
+from proxy.lanes import scrub
 from proxy.lanes.budget_fields import BUDGET_FIELDS
 from proxy.lanes.scrub import (
     FORBIDDEN_FIELDS,
@@ -221,6 +222,27 @@ def test_stateful_fields_are_refused_on_strict_lane_naming_the_field(extra, fiel
 )
 def test_find_forbidden_field_at_any_depth(body, path, expected):
     assert find_forbidden_field(body, path) == expected
+    # the parser's key set instead of the walk: the same answer, before and after the keys are known
+    keys = _all_keys(body)
+    assert find_forbidden_field(body, path, keys=keys) == expected
+    assert find_forbidden_field(body, path, keys=keys) == expected
+
+
+def _all_keys(node: object) -> set[str]:
+    if isinstance(node, dict):
+        return set(node).union(*(_all_keys(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_all_keys(v) for v in node))
+    return set()
+
+
+def test_the_harmless_key_memory_is_bounded_and_never_hides_a_forbidden_key():
+    for batch in range(10):
+        noise = {f"k{batch}-{i}" for i in range(1000)}
+        assert find_forbidden_field({"model": "m"}, keys=noise | {"model"}) is None
+    assert len(scrub._HARMLESS_KEYS) <= scrub.HARMLESS_KEYS_MAX
+    body = {"model": "m", "x": {"API-Key": "sk-1"}}
+    assert find_forbidden_field(body, keys={"model", "x", "API-Key", *(f"k0-{i}" for i in range(1000))}) == "x.API-Key"
 
 
 _SCHEMA = {"type": "object", "properties": {"api_key": {"type": "string"}, "base_url": {"type": "string"}},

@@ -32,6 +32,7 @@ class RequestBody:
     data: dict[str, Any]
     model: str
     stream: bool
+    keys: set[str]  # every object key at any depth, once (the forbidden-field check reads these)
 
 
 async def read_body(request: web.Request, max_bytes: int, timeout_s: float) -> bytes:
@@ -122,12 +123,13 @@ def parse_body(raw: bytes, max_containers: int = MAX_CONTAINERS) -> RequestBody:
         data, exact = _strict_decode(raw), True  # raises with the precise message, or reads what orjson cannot
     if not isinstance(data, dict):
         raise InvalidRequestError(f"request body must be a JSON object, got {_json_type(data)}")
-    keys = _check_shape(data, max_containers)
+    names: set[str] = set()
+    keys = _check_shape(data, max_containers, names)
     if not exact and (len(_KEY_END.findall(raw)) != keys or _LONG_DIGITS in raw.translate(_DIGITS_AS_ZERO)):
         data, exact = _strict_decode(raw), True  # a key may repeat, or an integer may not fit: decide exactly
     if exact:
         encode_body(data)  # refuse here what could not be forwarded (lone surrogates, integers past 64 bits)
-    return _request_body(data)
+    return _request_body(data, names)
 
 
 def loads_unique(raw: bytes) -> Any:
@@ -160,7 +162,7 @@ def _strict_decode(raw: bytes) -> Any:
         raise InvalidRequestError("request body has an integer with too many digits") from exc
 
 
-def _request_body(data: dict[str, Any]) -> RequestBody:
+def _request_body(data: dict[str, Any], keys: set[str]) -> RequestBody:
     model = data.get("model")
     if model is None:
         raise InvalidRequestError("'model' is required, e.g. \"cheap/gpt-5.4\"", param="model")
@@ -174,11 +176,12 @@ def _request_body(data: dict[str, Any]) -> RequestBody:
     options = data.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise InvalidRequestError("'stream_options' must be an object", param="stream_options")
-    return RequestBody(data, model, stream)
+    return RequestBody(data, model, stream, keys)
 
 
-def _check_shape(root: dict[str, Any], max_containers: int) -> int:
-    """Depth ≤ MAX_DEPTH and at most `max_containers` objects/arrays; returns the number of keys.
+def _check_shape(root: dict[str, Any], max_containers: int, names: set[str]) -> int:
+    """Depth ≤ MAX_DEPTH and at most `max_containers` objects/arrays; returns the number of keys
+    and adds every key to `names` (at C speed: a set's update from each object).
 
     One level at a time; a container with more children than the room left is counted first
     at C speed (`map(type, …)`), so a huge array costs no Python step per item before refusal.
@@ -196,6 +199,7 @@ def _check_shape(root: dict[str, Any], max_containers: int) -> int:
                 continue
             if type(value) is dict:
                 keys += len(value)
+                names.update(value)
                 children: Any = value.values()
             else:
                 children = value

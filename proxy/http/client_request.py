@@ -29,6 +29,7 @@ class ClientRequest:
     size: int  # body bytes
     prompt_bytes: int  # the text a token estimate may count (a form's files are not text)
     form: FormBody | None = None
+    keys: set[str] | None = None  # a JSON body's keys at any depth, once
 
 
 async def read_client_request(request: web.Request, endpoint: Endpoint, limits: Limits) -> ClientRequest:
@@ -44,7 +45,7 @@ async def read_client_request(request: web.Request, endpoint: Endpoint, limits: 
     raw = await read_body(request, limits.max_body_bytes, limits.client_body_timeout_s)
     body = parse_body(raw, limits.max_json_containers)
     stream = body.stream or (endpoint is Endpoint.AUDIO_SPEECH and body.data.get("stream_format") == "sse")
-    return ClientRequest(body.data, body.model, stream, len(raw), len(raw))
+    return ClientRequest(body.data, body.model, stream, len(raw), len(raw), keys=body.keys)
 
 
 def upstream_request(req: ClientRequest, endpoint: Endpoint, *, strict: bool,

@@ -58,7 +58,7 @@ async def _admitted(request: web.Request, endpoint: Endpoint, ticket: Ticket) ->
     limits = runtime.config.limits
     body = await read_client_request(request, endpoint, limits)
     record.stream = body.stream
-    forbidden = scrub.find_forbidden_field(body.data)
+    forbidden = scrub.find_forbidden_field(body.data, keys=body.keys)
     if forbidden is not None:
         raise errors.InvalidRequestError(
             f"'{forbidden}' is not allowed: upstream endpoints and keys come only from the gateway's config",

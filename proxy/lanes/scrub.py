@@ -91,15 +91,17 @@ _MIN_LITERAL = 3  # shorter "secrets" identify nothing and would shred the messa
 _ERROR_FIELDS = ("message", "type", "param", "code")
 
 
-def find_forbidden_field(body: Any, path: str = "") -> str | None:
+def find_forbidden_field(body: Any, path: str = "", keys: set[str] | None = None) -> str | None:
     """JSON path of the first key, at any depth, naming a forbidden field; None if there is none.
 
     Keys match case-insensitively with '-' read as '_', so "API-Base" is caught too. JSON Schema
     subtrees (tool parameters, structured-output schemas) are skipped: a property named
     `api_key` there describes the client's own tool, it sets nothing. The fast pass builds no
     paths, and finding the schema subtrees is left for a body that has such a key somewhere.
+    `keys`, when given, is every key of `body` at any depth (the parser collects them): the fast
+    pass is then a set difference against the keys already known to be harmless.
     """
-    if not _any_forbidden_key(body):  # the common case: ~6 us, against ~20 with the subtrees first
+    if not (_any_forbidden_key(body) if keys is None else _forbidden_key_in(keys)):
         return None
     exempt = _schema_subtrees(body)
     stack: list[Any] = [body]
@@ -116,6 +118,25 @@ def find_forbidden_field(body: Any, path: str = "") -> str | None:
         elif isinstance(node, list):
             stack.extend(item for item in node if isinstance(item, (dict, list)))
     return None
+
+
+# Keys seen and found harmless (normalised, not forbidden), so the common body's check is one set
+# difference at C speed (~0.2 us, against ~5 us for the walk). Bounded: a client sending random keys
+# stops adding to it once it is full, and its keys are then checked one by one, as before.
+_HARMLESS_KEYS: set[str] = set()
+HARMLESS_KEYS_MAX = 4096
+
+
+def _forbidden_key_in(keys: set[str]) -> bool:
+    unknown = keys - _HARMLESS_KEYS
+    if not unknown:
+        return False
+    for key in unknown:
+        if key.lower().replace("-", "_") in FORBIDDEN_FIELDS:
+            return True
+    if len(_HARMLESS_KEYS) + len(unknown) <= HARMLESS_KEYS_MAX:
+        _HARMLESS_KEYS.update(unknown)
+    return False
 
 
 def _any_forbidden_key(body: Any) -> bool:
