@@ -105,18 +105,18 @@ async def test_sigkill_during_billed_load_leaves_no_hold_and_no_lost_charge(tmp_
         async with aiohttp.ClientSession() as session:
             clients = [asyncio.create_task(client(i, session)) for i in range(24)]
             await asyncio.sleep(1.5)
-            held_before = query(tmp_path / "okm.sqlite3", "SELECT count(*) FROM billing_holds")[0][0]
+            held_before = query(tmp_path / "okm.sqlite3", "SELECT count(*) FROM usage WHERE outcome = 'in_flight' AND hold_micros > 0")[0][0]
             gateway.signal(signal.SIGKILL)
             assert await gateway.wait(5) == -signal.SIGKILL
             await asyncio.wait_for(asyncio.gather(*clients), 10)
         assert held_before > 0, "the kill should land while requests hold balance"
-        left = query(tmp_path / "okm.sqlite3", "SELECT count(*) FROM billing_holds")[0][0]
+        left = query(tmp_path / "okm.sqlite3", "SELECT count(*) FROM usage WHERE outcome = 'in_flight' AND hold_micros > 0")[0][0]
         assert left > 0  # the dead process's holds are still there ...
 
         gateways.append(GatewayProcess(config, env, tmp_path / "gateway-2.log"))
         await gateways[1].start()
         db = tmp_path / "okm.sqlite3"
-        assert query(db, "SELECT count(*) FROM billing_holds") == [(0,)]  # ... and gone after the restart
+        assert query(db, "SELECT count(*) FROM usage WHERE outcome = 'in_flight' AND hold_micros > 0") == [(0,)]  # ... and gone after the restart
         assert query(db, "SELECT held_micros FROM billing_accounts") == [(0,)]
         rows = {r[0]: r[1:] for r in query(db, "SELECT request_id, outcome, cost_micros FROM usage")}
         answered = [c for c in calls if c.answered_json]

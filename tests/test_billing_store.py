@@ -17,7 +17,10 @@ MONTH = time.strftime("%Y-%m", time.gmtime())
 
 
 def hold(i: int, key_id: str, amount: int = 100_000, owner: str = "a", limited: bool = False) -> HoldRequest:
-    return HoldRequest(f"req-{i}", 1, key_id, amount, owner, MONTH, key_limited=limited)
+    """A hold with its admission row (the hold's record), as a request takes one."""
+    admission = UsageRow(f"req-{i}", time.time(), 1, key_id, "cheap", "cheap/m", None, "chat/completions", False, 0,
+                         "in_flight", hold_micros=amount, owner=owner)
+    return HoldRequest(f"req-{i}", 1, key_id, amount, owner, MONTH, admission, key_limited=limited)
 
 
 def final(h: HoldRequest, cost: int, started_at: float | None = None) -> UsageRow:
@@ -166,8 +169,8 @@ async def test_a_taken_hold_commits_its_admission_row_and_a_refused_one_writes_n
         for i, limited in ((1, False), (2, True), (3, False)):  # the third finds the balance taken
             h = hold(i, key.id, limited=limited)
             row = final(h, 0)._replace(outcome="in_flight", status=0, owner="a")
-            h = HoldRequest(h.request_id, h.workspace_id, h.key_id, h.amount_micros, h.owner, h.month,
-                            key_limited=limited, admission=row)
+            h = HoldRequest(h.request_id, h.workspace_id, h.key_id, h.amount_micros, h.owner, h.month, row,
+                            key_limited=limited)
             results[i] = await store.take_hold(h, decide(h.amount_micros, "USD", MONTH))
         rows = {i: await store.get_usage(f"req-{i}") for i in results}
     finally:

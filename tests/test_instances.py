@@ -21,7 +21,7 @@ import aiohttp
 from proxy.billing.holds import decide
 from proxy.store import Store
 from proxy.store.instances import InstanceLease, machine, pid_start
-from proxy.store.rows import HoldRequest
+from proxy.store.rows import HoldRequest, UsageRow
 from proxy.store.usage_writer import UsageRecorder
 from proxy.types import Endpoint, Lane, Principal, RequestRecord, Route, Secret
 from tests.ops_support import bearer, chat, config_data, fake_upstream, make_keys, process_gateway, write_config
@@ -30,6 +30,7 @@ from tests.test_workers import children
 ROOT = Path(__file__).resolve().parent.parent
 MONTH = time.strftime("%Y-%m", time.gmtime())
 ROUTE = Route(Lane.RESALE, "resale/gpt-5.4", "gpt-5.4")
+HELD = "SELECT 1 FROM usage WHERE outcome = 'in_flight' AND hold_micros > 0"  # a hold is an in-flight row's
 
 
 def query(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
@@ -50,7 +51,9 @@ async def admit(recorder: UsageRecorder, request_id: str, workspace_id: int) -> 
 
 
 async def held(store: Store, request_id: str, owner: str, amount: int, key_id: str | None = None) -> None:
-    hold = HoldRequest(request_id, 1, key_id, amount, owner, MONTH, key_limited=key_id is not None)
+    admission = UsageRow(request_id, time.time(), 1, key_id, "resale", "resale/gpt-5.4", None, "chat/completions",
+                         False, 0, "in_flight", hold_micros=amount, owner=owner)
+    hold = HoldRequest(request_id, 1, key_id, amount, owner, MONTH, admission, key_limited=key_id is not None)
     assert await store.take_hold(hold, decide(amount, "USD", MONTH)) is None
 
 
@@ -79,25 +82,34 @@ async def test_only_dead_instances_rows_are_marked_and_their_holds_released(stor
         await store.add_ledger_entry("acme", 10_000_000, "topup", "", "ops")
         await foreign_instance(store, "far-live", time.time() + 60)
         await foreign_instance(store, "far-dead", time.time() - 1)  # its host stopped renewing
-        await admit(recorders[0], "req-a", 1)
-        await admit(recorders[1], "req-b", 1)
+        await admit(recorders[0], "req-plain", 1)  # an admission row without a hold
+        # A hold is its request's in-flight admission row (owner, hold_micros).
         await held(store, "req-a", a.id, 100_000)
         await held(store, "req-b", b.id, 200_000, key.id)
         await held(store, "req-far-live", "far-live", 300_000)
         await held(store, "req-far-dead", "far-dead", 400_000, key.id)
         await held(store, "req-unknown", "an-owner-no-instance-names", 500_000)
-        async with store.transaction() as tx:  # rows of a far process and of an older gateway (no owner)
-            await tx.executemany("INSERT INTO usage (request_id, started_at, endpoint, outcome, owner) VALUES (?, ?, ?, ?, ?)",
-                                 [("req-far-live", 1.0, "chat/completions", "in_flight", "far-live"),
-                                  ("req-far-dead", 1.0, "chat/completions", "in_flight", "far-dead"),
-                                  ("req-old", 1.0, "chat/completions", "in_flight", None)])
+        async with store.transaction() as tx:  # a row of an older gateway (no owner) ...
+            await tx.execute("INSERT INTO usage (request_id, started_at, endpoint, outcome, owner) VALUES (?, ?, ?, ?, ?)",
+                             ("req-old", 1.0, "chat/completions", "in_flight", None))
+            # ... and a hold an earlier version recorded in billing_holds, beside its admission row's copy
+            await tx.execute("INSERT INTO usage (request_id, started_at, endpoint, outcome, owner, workspace_id, "
+                             "hold_micros) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             ("req-legacy", 1.0, "chat/completions", "in_flight", "far-dead", 1, 50_000))
+            await tx.execute("INSERT INTO billing_holds (request_id, workspace_id, key_id, amount_micros, owner, "
+                             "created_at) VALUES (?, ?, ?, ?, ?, ?)", ("req-legacy", 1, None, 50_000, "far-dead", 1.0))
+            await tx.execute("UPDATE billing_accounts SET held_micros = held_micros + 50000 WHERE workspace_id = 1")
+        assert await store.holds_of(1) == (6, 1_550_000)  # the legacy hold counted once
 
         swept = await b.sweep()
-        assert (swept.interrupted, swept.released) == (2, 2)  # far-dead's and the ownerless row; far-dead's + unknown hold
-        assert await outcomes(store) == {"req-a": "in_flight", "req-b": "in_flight", "req-far-live": "in_flight",
-                                         "req-far-dead": "interrupted", "req-old": "interrupted"}
-        left = {r[0] for r in await store.fetchall("SELECT request_id FROM billing_holds")}
-        assert left == {"req-a", "req-b", "req-far-live"}
+        # marked: far-dead's, the unknown owner's, the ownerless and the legacy row; released: far-dead's,
+        # the unknown owner's and the legacy hold (once: not again from its row)
+        assert (swept.interrupted, swept.released) == (4, 3)
+        assert await outcomes(store) == {"req-plain": "in_flight", "req-a": "in_flight", "req-b": "in_flight",
+                                         "req-far-live": "in_flight", "req-far-dead": "interrupted",
+                                         "req-unknown": "interrupted", "req-old": "interrupted",
+                                         "req-legacy": "interrupted"}
+        assert await store.holds_of(1) == (3, 600_000)  # req-a, req-b, req-far-live
         assert (await store.billing_account("acme")).held_micros == 600_000  # recounted from the holds left
         assert await store.fetchall("SELECT held_micros FROM api_keys WHERE id = ?", (key.id,)) == [(200_000,)]
         assert (await b.sweep()).released == 0  # nothing twice
@@ -105,7 +117,7 @@ async def test_only_dead_instances_rows_are_marked_and_their_holds_released(stor
         await recorders[0].stop()
         await a.stop()  # a clean stop removes the lease: what it left in flight is now a dead owner's
         swept = await b.sweep()
-        assert (swept.interrupted, swept.released) == (1, 1)
+        assert (swept.interrupted, swept.released) == (2, 1)  # req-plain and req-a; req-a's hold
         assert (await outcomes(store))["req-a"] == "interrupted" and (await outcomes(store))["req-b"] == "in_flight"
         assert (await store.billing_account("acme")).held_micros == 500_000
     finally:
@@ -140,8 +152,10 @@ async def test_a_killed_process_on_this_machine_is_swept_at_once(store_url: str)
             record = RequestRecord("req-killed", time.time(), time.monotonic(), Endpoint.CHAT,
                                    principal=Principal(1, "acme", "k", False), route=route)
             month = time.strftime("%Y-%m", time.gmtime())
-            assert await store.take_hold(HoldRequest("req-killed", 1, None, 1000, lease.id, month),
-                                         decide(1000, "USD", month)) is None
+            record.hold_micros = 1000  # the hold commits the request's admission row, as a request's does
+            hold = HoldRequest("req-killed", 1, None, 1000, lease.id, month, recorder.admission_row(record))
+            assert await store.take_hold(hold, decide(1000, "USD", month)) is None
+            record.admitted = True
             assert await recorder.admit(record)
             print("admitted", flush=True)
             await asyncio.sleep(60)
@@ -212,7 +226,7 @@ async def test_a_restarted_worker_leaves_its_siblings_rows_and_holds_alone(tmp_p
 
             running = asyncio.create_task(stream())
             try:
-                await until(lambda: bool(query(db, "SELECT 1 FROM billing_holds")))
+                await until(lambda: bool(query(db, HELD)))
                 [(request_id, owner)] = query(db, "SELECT request_id, owner FROM usage WHERE outcome = 'in_flight'")
                 serving = int(owner.split(":")[-2])  # host:pid:random
                 [other] = [pid for pid in children(gw.pid) if pid != serving]
@@ -221,7 +235,8 @@ async def test_a_restarted_worker_leaves_its_siblings_rows_and_holds_alone(tmp_p
                 await until(lambda: gw.output.count("serving on") == 3)  # the restart has registered and swept
                 assert not running.done(), "the stream should outlast the restart"
                 assert query(db, "SELECT outcome FROM usage WHERE request_id = ?", (request_id,)) == [("in_flight",)]
-                assert query(db, "SELECT request_id FROM billing_holds") == [(request_id,)]
+                assert query(db, "SELECT request_id FROM usage WHERE outcome = 'in_flight' AND hold_micros > 0") \
+                    == [(request_id,)]
                 assert len(query(db, "SELECT id FROM gateway_instances")) == 2  # the dead worker's lease is gone
                 body = await asyncio.wait_for(running, 60)
             finally:
@@ -229,4 +244,4 @@ async def test_a_restarted_worker_leaves_its_siblings_rows_and_holds_alone(tmp_p
             assert body.rstrip().endswith(b"data: [DONE]")
             [(outcome, cost)] = query(db, "SELECT outcome, cost_micros FROM usage WHERE request_id = ?", (request_id,))
             assert outcome == "ok" and cost > 0
-            assert query(db, "SELECT count(*) FROM billing_holds") == [(0,)]
+            assert query(db, HELD) == []

@@ -62,7 +62,7 @@ def assert_charged(db: Path, request_id: str) -> None:
                      "WHERE request_id = ?", (request_id,))
     assert rows == [("ok", COST, rows[0][2] if rows else 0, payloads.PROMPT_TOKENS, payloads.COMPLETION_TOKENS)]
     assert rows[0][2] > 0, "the stream should have taken a hold (prepaid workspace)"
-    assert query(db, "SELECT count(*) FROM billing_holds") == [(0,)]
+    assert query(db, "SELECT count(*) FROM usage WHERE outcome = 'in_flight' AND hold_micros > 0") == [(0,)]
     assert query(db, "SELECT credits_micros, charges_micros, held_micros FROM billing_accounts") == [(CREDIT, COST, 0)]
 
 

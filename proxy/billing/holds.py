@@ -1,10 +1,11 @@
 """Admission for money: before anything goes upstream a priced request of a prepaid (or budgeted, or
 key-limited) workspace takes a hold in the store, or is refused with a 402 naming the balance.
 
-One store round trip per held request, which also commits the request's admission usage row; postpaid workspaces without limits, free models and a
-disabled price book never reach the store here. Holds are released (and the real cost charged)
-by the usage writer, in the transaction of the request's final usage row; a hold whose process died
-is released by proxy/store/instances.py (the hold's owner is the process's instance id).
+One store round trip per held request, which commits the request's admission usage row: that row
+(its hold_micros and owner) is the hold's record. Postpaid workspaces without limits, free models
+and a disabled price book never reach the store here. Holds are released (and the real cost
+charged) by the usage writer, in the transaction of the request's final usage row; a hold whose
+process died is released by proxy/store/instances.py (the hold's owner is the process's instance id).
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ async def take_hold(app: web.Application, book: PriceBook, record: RequestRecord
     # releases it (settlement releases a request's hold only if the hold exists, so this is safe).
     record.hold_micros = amount
     hold = HoldRequest(record.request_id, principal.workspace_id, principal.key_id, amount, app[OWNER], month,
-                       key_limited=principal.key_limited, admission=app[appkeys.USAGE].admission_row(record))
+                       app[appkeys.USAGE].admission_row(record), key_limited=principal.key_limited)
     try:
         refusal = await app[appkeys.STORE].take_hold(hold, decide(amount, book.currency, month))
     except StoreError as exc:

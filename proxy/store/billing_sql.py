@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from proxy.store.db import Tx
-from proxy.store.rows import BillingAccount, HoldRequest, KeySpend, LedgerEntry, UsageRow
+from proxy.store.rows import USAGE_IN_FLIGHT, BillingAccount, HoldRequest, KeySpend, LedgerEntry, UsageRow
 
 ENSURE_ACCOUNT = "INSERT INTO billing_accounts (workspace_id) VALUES (?) ON CONFLICT (workspace_id) DO NOTHING"
 ACCOUNT_COLUMNS = (
@@ -26,18 +26,17 @@ ACCOUNT = (f"SELECT {ACCOUNT_COLUMNS} FROM workspaces w LEFT JOIN billing_accoun
 ACCOUNT_FOR_HOLD = (f"SELECT {ACCOUNT_COLUMNS} FROM billing_accounts a JOIN workspaces w ON w.id = a.workspace_id "
                     "WHERE a.workspace_id = ?")
 KEY_SPEND = "SELECT spend_limit_micros, spent_micros, held_micros FROM api_keys WHERE id = ?"
-INSERT_HOLD = ("INSERT INTO billing_holds (request_id, workspace_id, key_id, amount_micros, owner, created_at) "
-               "VALUES (?, ?, ?, ?, ?, ?)")
 ADD_HELD = "UPDATE billing_accounts SET held_micros = held_micros + ? WHERE workspace_id = ?"
 ADD_KEY_HELD = "UPDATE api_keys SET held_micros = held_micros + ? WHERE id = ?"
-# Settlement, per usage batch, in the batch's transaction and before its final rows are upserted
-# (settle): each billed row's hold is deleted (RETURNING says what this transaction released, so a
-# hold is released once) and its charge is the change in the row's cost, so finishing a row twice
-# charges once. Then one update per workspace and one per key with the batch's sums. The
-# month-to-date counter restarts when a later month's first charge arrives (SET expressions all
-# read the row as it was).
-_RELEASE_HOLDS = "DELETE FROM billing_holds WHERE request_id IN ({}) RETURNING request_id, amount_micros"
-_PRIOR_COSTS = "SELECT request_id, cost_micros FROM usage WHERE request_id IN ({})"
+# A hold is recorded on its request's admission usage row (`hold_micros`, outcome `in_flight`,
+# `owner`), written in the hold's transaction. Settlement, per usage batch, in the batch's
+# transaction and before its final rows are upserted (settle): each billed row's charge is the
+# change in its stored cost, and its release is the stored row's hold while that row is still in
+# flight; the upsert then ends it, so finishing a row twice charges and releases once. Then one
+# update per workspace and one per key with the batch's sums. The month-to-date counter restarts
+# when a later month's first charge arrives (SET expressions all read the row as it was).
+# `billing_holds` is where earlier versions recorded holds: read only to release what they left.
+_SETTLING = "SELECT request_id, cost_micros, hold_micros, outcome FROM usage WHERE request_id IN ({})"
 CHARGE_ACCOUNT = (
     "UPDATE billing_accounts SET charges_micros = charges_micros + ?, held_micros = held_micros - ?, "
     "month_charges_micros = CASE WHEN month = ? THEN month_charges_micros + ? WHEN month < ? THEN ? "
@@ -84,7 +83,7 @@ def account_row(row: Sequence[Any]) -> BillingAccount:
                           int(row[5]), row[6], int(row[7]))
 
 
-async def take_hold(tx: Tx, hold: HoldRequest, decide: Decide, now: float) -> Any:
+async def take_hold(tx: Tx, hold: HoldRequest, decide: Decide) -> Any:
     """Inside one transaction: lock and read the account (and key), let `decide` refuse or admit,
     record the hold. Returns decide()'s refusal, or None once held."""
     lock = tx.for_update + " OF a" if tx.for_update else ""  # PostgreSQL: the account row only, not the workspace
@@ -99,18 +98,17 @@ async def take_hold(tx: Tx, hold: HoldRequest, decide: Decide, now: float) -> An
         key = None if found is None else KeySpend(None if found[0] is None else int(found[0]), int(found[1]),
                                                   int(found[2]))
     refusal = decide(account_row(row), key)
-    if refusal is None:
-        await tx.execute(INSERT_HOLD, (hold.request_id, hold.workspace_id, hold.key_id, hold.amount_micros,
-                                       hold.owner, now))
+    if refusal is None:  # the caller writes the hold's record, its admission row, in this transaction
         await tx.execute(ADD_HELD, (hold.amount_micros, hold.workspace_id))
         if hold.key_id is not None:
             await tx.execute(ADD_KEY_HELD, (hold.amount_micros, hold.key_id))
     return refusal
 
 
-async def hold_if_covered(tx: Tx, hold: HoldRequest, now: float) -> bool:
+async def hold_if_covered(tx: Tx, hold: HoldRequest) -> bool:
     """The hold without a key limit: whether it was taken. The conditional UPDATE's row count says
-    whether the account covered it; a workspace's first hold creates its account row and tries once more."""
+    whether the account covered it; a workspace's first hold creates its account row and tries once
+    more. The caller writes the hold's record, its admission row, in this transaction."""
     rid, ws, amount = hold.request_id, hold.workspace_id, hold.amount_micros
     covered = (amount, rid, ws, amount, hold.month, amount)
     taken = await tx.execute(HOLD_IF_COVERED, covered)
@@ -118,7 +116,6 @@ async def hold_if_covered(tx: Tx, hold: HoldRequest, now: float) -> bool:
         taken = await tx.execute(HOLD_IF_COVERED, covered)
     if not taken:
         return False
-    await tx.execute(INSERT_HOLD, (rid, ws, hold.key_id, amount, hold.owner, now))
     if hold.key_id is not None:
         await tx.execute(ADD_KEY_HELD, (amount, hold.key_id))
     return True
@@ -142,12 +139,14 @@ async def settle(tx: Tx, finished: Sequence[UsageRow]) -> None:
     if not billed:
         return
     ids = sorted(r.request_id for r in billed)
-    released: dict[str, int] = {}
     prior: dict[str, int] = {}
+    released: dict[str, int] = {}
     for start in range(0, len(ids), IN_LIST_MAX):
-        sql_release, sql_prior, params = _in_lists(ids[start:start + IN_LIST_MAX])
-        released.update((rid, int(amount)) for rid, amount in await tx.fetchall(sql_release, params))
-        prior.update((rid, int(cost or 0)) for rid, cost in await tx.fetchall(sql_prior, params))
+        sql_settling, params = _in_list(ids[start:start + IN_LIST_MAX])
+        for rid, cost, held, outcome in await tx.fetchall(sql_settling, params):
+            prior[rid] = int(cost or 0)
+            if outcome == USAGE_IN_FLIGHT:
+                released[rid] = int(held or 0)
     # Per workspace: [charge, release, latest month, that month's charge]; per key: [charge, release].
     accounts: dict[int, list[Any]] = {}
     keys: dict[str, list[int]] = {}
@@ -175,16 +174,15 @@ async def settle(tx: Tx, finished: Sequence[UsageRow]) -> None:
 
 
 @functools.lru_cache(maxsize=16)
-def _in_list_sql(size: int) -> tuple[str, str]:
-    marks = ", ".join("?" * size)
-    return _RELEASE_HOLDS.format(marks), _PRIOR_COSTS.format(marks)
+def _in_list_sql(size: int) -> str:
+    return _SETTLING.format(", ".join("?" * size))
 
 
-def _in_lists(ids: list[str]) -> tuple[str, str, list[str]]:
-    """The two statements for `ids`, their IN lists padded (with the last id) to a power of two:
-    a handful of distinct statement texts, each prepared once and cached by the driver."""
+def _in_list(ids: list[str]) -> tuple[str, list[str]]:
+    """The statement for `ids`, its IN list padded (with the last id) to a power of two: a
+    handful of distinct statement texts, each prepared once and cached by the driver."""
     size = 1 << (len(ids) - 1).bit_length()
-    return (*_in_list_sql(size), ids + ids[-1:] * (size - len(ids)))
+    return _in_list_sql(size), ids + ids[-1:] * (size - len(ids))
 
 
 LEDGER_COLUMNS = "id, workspace_id, amount_micros, kind, note, actor, created_at"
@@ -196,7 +194,9 @@ LEDGER_SINCE = (f"SELECT {LEDGER_COLUMNS} FROM billing_ledger WHERE workspace_id
 SET_MODE = "UPDATE workspaces SET billing_mode = ? WHERE id = ?"
 SET_BUDGET = "UPDATE workspaces SET budget_micros = ? WHERE id = ?"
 SET_KEY_LIMIT = "UPDATE api_keys SET spend_limit_micros = ? WHERE id = ?"
-HOLDS = "SELECT count(*), COALESCE(SUM(amount_micros), 0) FROM billing_holds WHERE workspace_id = ?"
+HOLDS = ("SELECT count(*), COALESCE(SUM(hold_micros), 0) FROM usage WHERE workspace_id = ? AND outcome = 'in_flight' "
+         "AND hold_micros > 0 AND NOT EXISTS (SELECT 1 FROM billing_holds h WHERE h.request_id = usage.request_id)")
+LEGACY_HOLDS = "SELECT count(*), COALESCE(SUM(amount_micros), 0) FROM billing_holds WHERE workspace_id = ?"
 
 
 def ledger_row(row: Sequence[Any]) -> LedgerEntry:

@@ -57,25 +57,26 @@ class BillingStore:
     async def take_hold(self, hold: HoldRequest, decide: sql.Decide) -> Any:
         """Check and hold in one transaction; returns decide()'s refusal, or None once held.
 
+        The hold is recorded on the request's admission row (written in the same transaction).
         Without a key limit: a conditional update of the account row (the check and the lock at
-        once) and, where it landed, the hold row, in one transaction; only when refused, a read to
-        explain why. With one: a transaction that locks the account and the key
-        rows and lets `decide` rule. Both as one `run_transaction` (SQLite: one hop to the
-        writer's thread, group-committed with the holds queued meanwhile)."""
-        now = time.time()
+        once) and, where it landed, the admission row; only when refused, a read to explain why.
+        With one: a transaction that locks the account and the key rows and lets `decide` rule.
+        Both as one `run_transaction` (SQLite: one hop to the writer's thread, group-committed
+        with the holds queued meanwhile)."""
+        record = usage_sql.held_admission(hold.admission)
         if hold.key_limited:
             async def locked(tx: Tx) -> Any:
-                refusal = await sql.take_hold(tx, hold, decide, now)
-                if refusal is None and hold.admission is not None:
-                    await tx.execute(*usage_sql.admission(hold.admission))
+                refusal = await sql.take_hold(tx, hold, decide)
+                if refusal is None:
+                    await tx.execute(*record)
                 return refusal
 
             return await self.db.run_transaction(locked)
 
         async def one_trip(tx: Tx) -> bool:
-            taken = await sql.hold_if_covered(tx, hold, now)
-            if taken and hold.admission is not None:  # the admission row rides along: no second commit
-                await tx.execute(*usage_sql.admission(hold.admission))
+            taken = await sql.hold_if_covered(tx, hold)
+            if taken:
+                await tx.execute(*record)
             return taken
 
         if await self.db.run_transaction(one_trip):
@@ -89,9 +90,13 @@ class BillingStore:
         return sql.account_row(rows[0])
 
     async def holds_of(self, workspace_id: int) -> tuple[int, int]:
-        """(number of holds, micro-units held) for a workspace, counted from the holds themselves."""
-        row = (await self.fetchall(sql.HOLDS, (workspace_id,)))[0]
-        return int(row[0]), int(row[1])
+        """(number of holds, micro-units held) for a workspace, counted from the holds themselves:
+        its in-flight admission rows, and any hold an earlier version left in billing_holds."""
+        count = held = 0
+        for query in (sql.HOLDS, sql.LEGACY_HOLDS):
+            row = (await self.fetchall(query, (workspace_id,)))[0]
+            count, held = count + int(row[0]), held + int(row[1])
+        return count, held
 
     async def add_ledger_entry(self, workspace_name: str, amount_micros: int, kind: str, note: str,
                                actor: str) -> LedgerEntry:

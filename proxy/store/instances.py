@@ -37,10 +37,14 @@ SWEEP_S = 5.0
 _REGISTER = ("INSERT INTO gateway_instances (id, host, pid, pid_start, started_at, expires_at) VALUES (?, ?, ?, ?, ?, ?) "
              "ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at")
 _LIVE = ("SELECT 1 FROM gateway_instances g WHERE g.id = {table}.owner")
+# A hold is recorded on its in-flight admission row: marking the row releases it. billing_holds
+# holds what earlier versions recorded there (released here too, once: not again from its row).
 _MARK = ("UPDATE usage SET outcome = 'interrupted' WHERE outcome = 'in_flight' AND "
-         f"(owner IS NULL OR (owner <> ? AND NOT EXISTS ({_LIVE.format(table='usage')})))")
-_RELEASE = ("DELETE FROM billing_holds WHERE (owner IS NULL OR owner <> ?) AND "
-            f"NOT EXISTS ({_LIVE.format(table='billing_holds')}) RETURNING workspace_id, key_id, amount_micros")
+         f"(owner IS NULL OR (owner <> ? AND NOT EXISTS ({_LIVE.format(table='usage')}))) "
+         "RETURNING request_id, workspace_id, key_id, hold_micros")
+_RELEASE_LEGACY = ("DELETE FROM billing_holds WHERE (owner IS NULL OR owner <> ?) AND "
+                   f"NOT EXISTS ({_LIVE.format(table='billing_holds')}) "
+                   "RETURNING request_id, workspace_id, key_id, amount_micros")
 _UNHOLD_ACCOUNT = "UPDATE billing_accounts SET held_micros = held_micros - ? WHERE workspace_id = ?"
 _UNHOLD_KEY = "UPDATE api_keys SET held_micros = held_micros - ? WHERE id = ?"
 
@@ -83,18 +87,20 @@ async def _sweep(tx: Tx, own: str, here: str, now: float) -> Swept:
     gone = [(r[0],) for r in rows if pid_start(int(r[1])) != (None if r[2] is None else int(r[2]))]
     await tx.executemany("DELETE FROM gateway_instances WHERE id = ?", gone)
     await tx.execute("DELETE FROM gateway_instances WHERE expires_at < ? AND id <> ?", (now, own))
-    interrupted = await tx.execute(_MARK, (own,))
-    released = await tx.fetchall(_RELEASE, (own,))
+    marked = await tx.fetchall(_MARK, (own,))
+    legacy = await tx.fetchall(_RELEASE_LEGACY, (own,))
+    legacy_ids = {r[0] for r in legacy}
+    released = [*legacy, *(r for r in marked if r[3] and r[1] is not None and r[0] not in legacy_ids)]
     accounts: dict[int, int] = defaultdict(int)
     keys: dict[str, int] = defaultdict(int)
-    for workspace_id, key_id, amount in released:
+    for _, workspace_id, key_id, amount in released:
         accounts[int(workspace_id)] += int(amount)
         if key_id is not None:
             keys[str(key_id)] += int(amount)
     # One lock order (workspace, then key), as the usage batches take them.
     await tx.executemany(_UNHOLD_ACCOUNT, [(amount, ws) for ws, amount in sorted(accounts.items())])
     await tx.executemany(_UNHOLD_KEY, [(amount, key) for key, amount in sorted(keys.items())])
-    return Swept(interrupted, len(released))
+    return Swept(len(marked), len(released))
 
 
 class InstanceLease:

@@ -214,8 +214,10 @@ class HoldRequest:
     amount_micros: int
     owner: str
     month: str  # the current month, YYYY-MM (UTC)
+    # The request's admission row (outcome in_flight, its hold_micros and owner): the hold's record,
+    # committed in the hold's transaction.
+    admission: UsageRow
     key_limited: bool = False  # the key has a spend limit: the hold locks the key's row too (slower path)
-    admission: UsageRow | None = None  # the request's admission row, committed in the hold's transaction
 
 
 class AccountError(StoreError):

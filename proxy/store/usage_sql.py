@@ -45,9 +45,13 @@ _sum = billing_sql.capped_sum  # overflow-safe: every row's count is bounded
 _TOUCH = "UPDATE api_keys SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)"
 
 
-def admission(row: UsageRow) -> tuple[str, tuple[Any, ...]]:
-    """One admission row as a statement, for a transaction that writes it with something else (a hold)."""
-    return _ADMIT, _params(row)
+_ADMIT_HELD = f"INSERT INTO usage ({_COLUMNS}) VALUES ({_PLACEHOLDERS})"  # a hold's record: never silently skipped
+
+
+def held_admission(row: UsageRow) -> tuple[str, tuple[Any, ...]]:
+    """A held request's admission row as a statement, for the hold's own transaction: it is the
+    hold's record (its `hold_micros` and `owner`), so a conflict fails the hold instead of losing it."""
+    return _ADMIT_HELD, _params(row)
 
 
 async def touch_keys(db: Tx, last_used: Mapping[str, float]) -> None:
