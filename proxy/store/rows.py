@@ -204,9 +204,9 @@ class KeySpend:
     held_micros: int
 
 
-@dataclass(frozen=True, slots=True)
-class HoldRequest:
-    """A hold to take: the amount, who it is for and which process owns it."""
+class HoldRequest(NamedTuple):
+    """A hold to take: the amount, who it is for and which process owns it. A named tuple: one
+    per held request, and a frozen dataclass's per-field setattr cost ~0.6 us more."""
 
     request_id: str
     workspace_id: int
