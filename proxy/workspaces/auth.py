@@ -47,8 +47,12 @@ def extract_key(request: web.Request) -> str:
     """The one key a request presents, by the header rules; raises KeyRejectedError otherwise."""
     if request.query_string and any(name in request.query for name in QUERY_KEY_PARAMS):
         raise KeyRejectedError(AuthFailure.MALFORMED, MSG_QUERY)
-    authorization = request.headers.getall(hdrs.AUTHORIZATION, [])
-    api_key = request.headers.getall(API_KEY_HEADER, [])
+    authorization = request.headers.getall(hdrs.AUTHORIZATION, ())
+    api_key = request.headers.getall(API_KEY_HEADER, ())
+    if not api_key and len(authorization) == 1 and authorization[0].startswith("Bearer "):
+        token = authorization[0][7:].strip()  # the common case, as the rules below read it
+        if token:
+            return token
     if len(authorization) > 1 or len(api_key) > 1:
         raise KeyRejectedError(AuthFailure.MALFORMED, MSG_DUPLICATE)
     candidates = []
