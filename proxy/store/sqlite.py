@@ -54,25 +54,27 @@ class SqliteTx:
 
 class InlineTx:
     """A Tx over the plain sqlite3 connection, for work run whole on the writer's thread: its
-    methods are coroutines that never suspend, so the work can be driven to its end in one go."""
+    methods are coroutines that never suspend, so the work can be driven to its end in one go.
+    One cursor serves every statement of a group (sqlite3 resets it at each execute): a cursor per
+    statement cost ~0.3 us each, three or four statements per hold."""
 
     for_update = ""
 
     def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
+        self._cursor = db.cursor()
 
     async def execute(self, sql: str, params: Params = ()) -> int:
-        return self._db.execute(sql, params).rowcount
+        return self._cursor.execute(sql, params).rowcount
 
     async def executemany(self, sql: str, params: Iterable[Params]) -> None:
-        self._db.executemany(sql, params)
+        self._cursor.executemany(sql, params)
 
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
-        row = self._db.execute(sql, params).fetchone()
-        return None if row is None else tuple(row)
+        rows = self._cursor.execute(sql, params).fetchall()  # read to its end: no statement left open
+        return tuple(rows[0]) if rows else None
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
-        return [tuple(r) for r in self._db.execute(sql, params).fetchall()]
+        return [tuple(r) for r in self._cursor.execute(sql, params).fetchall()]
 
 
 def _drive(coro: Coroutine[Any, Any, T]) -> T:
@@ -98,7 +100,8 @@ def _run_group(db: sqlite3.Connection, works: Sequence[Callable[[Tx], Awaitable[
     db.execute("BEGIN IMMEDIATE")
     try:
         try:
-            outcomes: list[Outcome] = [(True, _drive(_started(work, db))) for work in works]
+            tx = InlineTx(db)
+            outcomes: list[Outcome] = [(True, _drive(_started(work, tx))) for work in works]
         except Exception:
             _rollback(db)
             return _run_isolated(db, works)
@@ -114,8 +117,8 @@ def _rollback(db: sqlite3.Connection) -> None:
         db.execute("ROLLBACK")
 
 
-def _started(work: Callable[[Tx], Awaitable[Any]], db: sqlite3.Connection) -> Coroutine[Any, Any, Any]:
-    pending = work(InlineTx(db))
+def _started(work: Callable[[Tx], Awaitable[Any]], tx: InlineTx) -> Coroutine[Any, Any, Any]:
+    pending = work(tx)
     assert isinstance(pending, Coroutine)  # reason: an async function's call, driven here
     return pending
 
@@ -123,12 +126,13 @@ def _started(work: Callable[[Tx], Awaitable[Any]], db: sqlite3.Connection) -> Co
 def _run_isolated(db: sqlite3.Connection, works: Sequence[Callable[[Tx], Awaitable[Any]]]) -> list[Outcome]:
     """The group again, each work in its own savepoint: one that raises is rolled back alone."""
     outcomes: list[Outcome] = []
+    tx = InlineTx(db)
     db.execute("BEGIN IMMEDIATE")
     try:
         for work in works:
             db.execute("SAVEPOINT okm_work")
             try:
-                outcomes.append((True, _drive(_started(work, db))))
+                outcomes.append((True, _drive(_started(work, tx))))
             except Exception as exc:
                 db.execute("ROLLBACK TO okm_work")
                 outcomes.append((False, exc))
@@ -143,7 +147,7 @@ def _run_isolated(db: sqlite3.Connection, works: Sequence[Callable[[Tx], Awaitab
 def _run_alone(db: sqlite3.Connection, work: Callable[[Tx], Awaitable[T]]) -> T:
     db.execute("BEGIN IMMEDIATE")
     try:
-        result: T = _drive(_started(work, db))
+        result: T = _drive(_started(work, InlineTx(db)))
         db.execute("COMMIT")
     except BaseException:
         _rollback(db)
