@@ -143,7 +143,8 @@ async def settle(tx: Tx, finished: Sequence[UsageRow]) -> None:
     released: dict[str, int] = {}
     for start in range(0, len(ids), IN_LIST_MAX):
         sql_settling, params = _in_list(ids[start:start + IN_LIST_MAX])
-        for rid, cost, held, outcome in await tx.fetchall(sql_settling, params):
+        # Locked (PostgreSQL): a sweep marking the same rows waits, then finds them no longer in flight.
+        for rid, cost, held, outcome in await tx.fetchall(sql_settling + tx.for_update, params):
             prior[rid] = int(cost or 0)
             if outcome == USAGE_IN_FLIGHT:
                 released[rid] = int(held or 0)
