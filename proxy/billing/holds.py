@@ -102,7 +102,7 @@ async def take_hold(app: web.Application, book: PriceBook, record: RequestRecord
         return
     month = month_of(time.time())
     # Set before the wait: a client that leaves while the hold commits still gets a final row that
-    # releases it (settlement releases a request's hold only if the hold exists, so this is safe).
+    # releases it (settlement releases only the hold its stored admission row still holds, so this is safe).
     record.hold_micros = amount
     hold = HoldRequest(record.request_id, principal.workspace_id, principal.key_id, amount, app[OWNER], month,
                        app[appkeys.USAGE].admission_row(record), key_limited=principal.key_limited)

@@ -219,7 +219,7 @@ def upstream_request_headers(client_headers: Mapping[str, str], *, strict: bool)
     allowed = _REQUEST_HEADERS_ANY_LANE if strict else _REQUEST_HEADERS_NON_STRICT
     # Looked up by the allow-list's names (a case-insensitive lookup each) instead of a pass over
     # every header the client sent (an SDK sends ~15); a plain mapping is read as one.
-    headers = client_headers if isinstance(client_headers, _MULTIDICTS) else CIMultiDict(client_headers)
+    headers = _case_insensitive(client_headers)
     out: dict[str, str] = {}
     for name, canonical in allowed.items():
         values = headers.getall(name, ())
@@ -234,7 +234,9 @@ def upstream_request_headers(client_headers: Mapping[str, str], *, strict: bool)
     return out
 
 
-_MULTIDICTS = (CIMultiDict, CIMultiDictProxy)
+def _case_insensitive(headers: Mapping[str, str]) -> CIMultiDict[str] | CIMultiDictProxy[str]:
+    """Headers as a case-insensitive multidict (aiohttp's already are; a plain mapping is copied)."""
+    return headers if isinstance(headers, (CIMultiDict, CIMultiDictProxy)) else CIMultiDict(headers)
 
 
 def scrub_request_body(body: dict[str, Any], *, strict: bool, endpoint: str = "chat/completions") -> dict[str, Any]:
@@ -282,7 +284,7 @@ def client_response_headers(upstream_headers: Mapping[str, str], *, strict: bool
 
 def operator_response_headers(upstream_headers: Mapping[str, str]) -> dict[str, str]:
     """The allow-list for answers from an operator account (Budget and Business)."""
-    headers = upstream_headers if isinstance(upstream_headers, _MULTIDICTS) else CIMultiDict(upstream_headers)
+    headers = _case_insensitive(upstream_headers)
     out: dict[str, str] = {}
     for value in headers.getall("content-type", ()):  # two lookups, not a pass over every upstream header
         out["Content-Type"] = value
